@@ -1,0 +1,88 @@
+"""Swapping attention processors in and out, exactly.
+
+Techniques that change attention (sliding windows, linear attention, causal masks) wrap the processor of
+each chosen attention module with a :class:`ProcessorWrapper` and later put the very same original object
+back, so removal is exact.
+
+diffusers' ``Attention.forward`` (CogVideoX) drops every keyword argument that is not a parameter of the
+processor's ``__call__`` (``image_rotary_emb`` among them), so a wrapper must expose the signature of the
+processor it wraps; :func:`wrap_processor` builds the wrapper class with that signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, Iterable
+
+from torch import nn
+
+from ..specs import ModelSpec
+
+__all__ = ["ProcessorWrapper", "wrap_processor", "ProcessorSwap"]
+
+
+class ProcessorWrapper:
+    """Calls ``self.inner`` (the original processor); subclasses override :meth:`__call__`.
+
+    Args:
+        inner: the processor being wrapped.
+        layer: index of the block whose attention this is.
+    """
+
+    def __init__(self, inner, layer: int):
+        self.inner = inner
+        self.layer = layer
+
+    def __call__(self, attn, *args, **kwargs):
+        return self.inner(attn, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_signature(wrapper_cls: type, inner_cls: type) -> type:
+    signature = inspect.signature(inner_cls.__call__)
+
+    def __call__(self, *args, **kwargs):
+        return wrapper_cls.__call__(self, *args, **kwargs)
+
+    __call__.__signature__ = signature
+    return type(wrapper_cls.__name__, (wrapper_cls,), {"__call__": __call__, "__module__": wrapper_cls.__module__})
+
+
+def wrap_processor(wrapper_cls: type[ProcessorWrapper], inner, layer: int, **kwargs) -> ProcessorWrapper:
+    """An instance of ``wrapper_cls`` around ``inner`` whose ``__call__`` has ``inner``'s signature."""
+    return _with_signature(wrapper_cls, type(inner))(inner, layer, **kwargs)
+
+
+class ProcessorSwap:
+    """Replaces the self-attention processors of chosen layers and restores the originals exactly.
+
+    Args:
+        spec: the model family's spec.
+        model: the transformer.
+        make: ``make(original_processor, layer_index) -> new processor``.
+        layers: indices of the blocks to change (all when ``None``).
+    """
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, make: Callable, layers: Iterable[int] | None = None):
+        self.spec = spec
+        self.model = model
+        self.make = make
+        self.layers = None if layers is None else sorted(set(layers))
+        self.originals: dict[int, object] = {}
+        self.installed: dict[int, object] = {}
+
+    def attach(self) -> None:
+        for i, attn in self.spec.self_attentions(self.model):
+            if self.layers is not None and i not in self.layers:
+                continue
+            self.originals[i] = attn.processor
+            self.installed[i] = self.make(attn.processor, i)
+            attn.set_processor(self.installed[i])
+
+    def detach(self) -> None:
+        blocks = self.spec.blocks(self.model)
+        for i, original in self.originals.items():
+            getattr(blocks[i], self.spec.self_attn_attr).set_processor(original)
+        self.originals.clear()
+        self.installed.clear()

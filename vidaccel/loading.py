@@ -1,0 +1,120 @@
+"""``vidaccel.load_pipeline``: one call from a model name to a ready, accelerated pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .presets import resolve_accel
+from .specs import pipeline_transformers
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_pipeline", "parse_dtype", "default_device", "EMBEDDED_NAMES"]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+#: Names that load a model shipped inside the package instead of a folder or hub id.
+EMBEDDED_NAMES = ("embedded", "shapes-t2v")
+
+
+def parse_dtype(dtype: Any) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` or one of ``float32|fp32|bfloat16|bf16|float16|fp16``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(_DTYPES)} or a torch.dtype")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _parse_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device(default_device())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available on this machine; use 'cpu'")
+    return dev
+
+
+def _embedded_pipeline(dtype):
+    """The shipped ``shapes-t2v`` model, or, when its weights are absent, a labelled random-weight tiny model."""
+    from .pipelines import WanPipeline
+
+    try:
+        from .models import EMBEDDED_DEFAULTS, embedded_path
+
+        path = embedded_path("shapes-t2v")
+    except (ImportError, FileNotFoundError) as e:
+        from .testing import tiny_wan_pipeline
+        from .pipelines.base import accelerated_class_for
+
+        logger.warning("embedded model weights are not available (%s); using a TINY RANDOM-WEIGHT Wan model: "
+                       "its videos are noise", e)
+        pipe = tiny_wan_pipeline()
+        pipe.__class__ = accelerated_class_for(type(pipe))
+        pipe.vidaccel_model = {"name": "tiny-random", "trained": False,
+                               "defaults": dict(height=32, width=32, num_frames=9, num_inference_steps=8,
+                                                guidance_scale=5.0, negative_prompt="")}
+        return pipe.to(dtype=dtype) if dtype is not None else pipe
+    pipe = WanPipeline.from_pretrained(os.fspath(path), **({"dtype": dtype} if dtype is not None else {}))
+    pipe.vidaccel_model = {"name": "shapes-t2v", "trained": True, "defaults": dict(EMBEDDED_DEFAULTS["shapes-t2v"])}
+    return pipe
+
+
+def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, device: Any = None, accel: Any = None,
+                  **kwargs):
+    """Load a Wan or CogVideoX pipeline as its vidaccel class, move it to ``device`` and apply ``accel``.
+
+    Args:
+        model: ``"embedded"`` (the small trained model that ships with vidaccel, works offline), a local
+            folder written by ``save_pretrained``, or a hub id such as ``"Wan-AI/Wan2.1-T2V-1.3B-Diffusers"``
+            (loaded by diffusers ``from_pretrained``, the path users take with real weights).
+        dtype: ``None`` (the checkpoint's default), a ``torch.dtype`` or a name (``"bf16"``...).
+        device: ``None`` (CUDA when available, else CPU) or any torch device spec.
+        accel: ``None``, a preset name, a technique config or a list of those (see :func:`vidaccel.apply`).
+        **kwargs: passed to diffusers ``from_pretrained``.
+
+    Returns:
+        The pipeline, an instance of its vidaccel class (``pipe.last_run`` is recorded on every call).
+
+    Example::
+
+        pipe = vidaccel.load_pipeline("embedded", accel="balanced")
+        frames = pipe("a red circle moving right on a black background").frames[0]
+    """
+    from .api import apply
+    from .pipelines.base import accelerated_class_for
+
+    dtype = parse_dtype(dtype)
+    dev = _parse_device(device)
+    configs = resolve_accel(accel)
+    name = os.fspath(model)
+    if name in EMBEDDED_NAMES:
+        pipe = _embedded_pipeline(dtype)
+    else:
+        from diffusers import DiffusionPipeline
+
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        pipe = DiffusionPipeline.from_pretrained(name, **kwargs)
+        pipeline_transformers(pipe)  # raises ValueError for unsupported model classes
+        pipe.__class__ = accelerated_class_for(type(pipe))
+        pipe.vidaccel_model = {"name": name, "trained": True, "defaults": {}}
+    pipe = pipe.to(dev)
+    if configs:
+        apply(pipe, *configs)
+    return pipe

@@ -1,0 +1,37 @@
+"""Drop-in Wan pipelines: change ``from diffusers import WanPipeline`` to ``from vidaccel.pipelines import WanPipeline``.
+
+Example::
+
+    from vidaccel.pipelines import WanPipeline
+    pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype=torch.bfloat16, accel="balanced")
+    video = pipe("a cat surfing", num_frames=81).frames[0]
+    print(pipe.last_run)   # seconds per stage, steps, technique stats
+"""
+
+from __future__ import annotations
+
+import diffusers
+
+from .base import AcceleratedPipelineMixin, register_accelerated_class
+
+__all__ = ["WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline"]
+
+
+class WanPipeline(AcceleratedPipelineMixin, diffusers.WanPipeline):
+    """``diffusers.WanPipeline`` (Wan 2.1 and Wan 2.2 with ``transformer_2``) with vidaccel techniques."""
+
+
+class WanImageToVideoPipeline(AcceleratedPipelineMixin, diffusers.WanImageToVideoPipeline):
+    """``diffusers.WanImageToVideoPipeline`` with vidaccel techniques."""
+
+
+class WanVideoToVideoPipeline(AcceleratedPipelineMixin, diffusers.WanVideoToVideoPipeline):
+    """``diffusers.WanVideoToVideoPipeline`` with vidaccel techniques."""
+
+
+class WanVACEPipeline(AcceleratedPipelineMixin, diffusers.WanVACEPipeline):
+    """``diffusers.WanVACEPipeline`` with vidaccel techniques."""
+
+
+for _cls in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline):
+    register_accelerated_class(_cls.__mro__[2], _cls)
