@@ -53,6 +53,6 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 
     reader = imageio.get_reader(os.fspath(path))
     try:
-        return np.stack(list(reader))
+        return np.stack([frame for frame in reader.iter_data()])  # list(reader) asks len() = inf
     finally:
         reader.close()

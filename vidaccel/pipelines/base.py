@@ -138,18 +138,32 @@ def accelerated_class_for(base: type) -> type:
     return cls
 
 
-def accelerate_pipeline_class(pipe) -> None:
-    """Switch a plain diffusers pipeline instance to its vidaccel subclass (``isinstance`` still holds)."""
+def accelerate_pipeline_class(pipe, owner: str = "apply") -> None:
+    """Switch a plain diffusers pipeline instance to its vidaccel subclass (``isinstance`` still holds).
+
+    Each ``owner`` (``"apply"``, ``"bench"``...) holds the switch until it calls
+    :func:`restore_pipeline_class`; the original class comes back when no owner holds it any more.
+    Pipelines created as vidaccel classes are never switched.
+    """
     base = type(pipe)
-    if issubclass(base, AcceleratedPipelineMixin):
+    holds = pipe.__dict__.get("_vidaccel_class_holds")
+    if holds is None:
+        if issubclass(base, AcceleratedPipelineMixin):
+            return
+        holds = set()
+        object.__setattr__(pipe, "_vidaccel_class_holds", holds)
+        object.__setattr__(pipe, "_vidaccel_original_class", base)
+        pipe.__class__ = accelerated_class_for(base)
+    holds.add(owner)
+
+
+def restore_pipeline_class(pipe, owner: str = "apply") -> None:
+    """Release ``owner``'s hold; the last release restores the original diffusers class."""
+    holds = pipe.__dict__.get("_vidaccel_class_holds")
+    if holds is None:
         return
-    object.__setattr__(pipe, "_vidaccel_original_class", base)
-    pipe.__class__ = accelerated_class_for(base)
-
-
-def restore_pipeline_class(pipe) -> None:
-    """Undo :func:`accelerate_pipeline_class` (no-op for pipelines created as vidaccel classes)."""
-    original = pipe.__dict__.pop("_vidaccel_original_class", None)
-    if original is not None:
-        pipe.__class__ = original
+    holds.discard(owner)
+    if not holds:
+        pipe.__class__ = pipe.__dict__.pop("_vidaccel_original_class")
+        del pipe.__dict__["_vidaccel_class_holds"]
         pipe.__dict__.pop("last_run", None)
