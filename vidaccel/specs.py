@@ -39,6 +39,8 @@ class ModelSpec:
             ``cache_context("cond")`` / ``cache_context("uncond")``) or ``"batched"`` (one call on a
             batch holding both branches, inside ``cache_context("cond_uncond")``).
         cache_contexts: names of the cache contexts the pipelines open.
+        block_carries: the block inputs a block updates and returns, in order (Wan: the video tokens;
+            CogVideoX: video and text tokens). A block returns one tensor when this has one name, else a tuple.
         vae_temporal: pixel frames per latent frame (after the first one).
         vae_spatial: pixels per latent pixel.
         fps: frame rate the family's videos are made for (Wan 16, CogVideoX 8).
@@ -52,6 +54,7 @@ class ModelSpec:
     text_in_sequence: bool
     cfg_style: str
     cache_contexts: tuple[str, ...]
+    block_carries: tuple[str, ...] = ("hidden_states",)
     vae_temporal: int = 4
     vae_spatial: int = 8
     fps: int = 16
@@ -72,6 +75,24 @@ class ModelSpec:
         if self.family == "cogvideox":
             return (cfg.patch_size_t or 1, cfg.patch_size, cfg.patch_size)
         return tuple(cfg.patch_size)
+
+    def modulated_input(self, block: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                        temb: torch.Tensor) -> torch.Tensor:
+        """The timestep-modulated input of ``block``'s self-attention (what TeaCache-style indicators watch).
+
+        Wan: ``norm1(x) * (1 + scale_msa) + shift_msa``; CogVideoX: the video part of ``norm1(x, text, temb)``.
+        """
+        if self.family == "wan":
+            table = block.scale_shift_table
+            if temb.ndim == 4:  # Wan 2.2 TI2V: per-token modulation (B, L, 6, D)
+                shift, scale = (table.unsqueeze(0) + temb.float()).chunk(6, dim=2)[:2]
+                shift, scale = shift.squeeze(2), scale.squeeze(2)
+            else:
+                shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
+            return block.norm1(hidden_states.float()) * (1 + scale) + shift
+        if self.family == "cogvideox":
+            return block.norm1(hidden_states, encoder_hidden_states, temb)[0]
+        raise NotImplementedError(f"no modulated input known for family {self.family!r}")
 
     # -- geometry -----------------------------------------------------------------------------------
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -108,6 +129,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         text_in_sequence=True,
         cfg_style="batched",
         cache_contexts=("cond_uncond",),
+        block_carries=("hidden_states", "encoder_hidden_states"),
         fps=8,
     ),
 }

@@ -1,5 +1,6 @@
 """One module per technique; importing this package registers each technique and its presets."""
 
 from .base import Technique, register_technique
+from .caching import CacheConfig
 
-__all__: list[str] = ["Technique", "register_technique"]
+__all__: list[str] = ["Technique", "register_technique", "CacheConfig"]
