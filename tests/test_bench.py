@@ -70,3 +70,23 @@ def test_bench_config_names_validate():
     with pytest.raises(ValueError, match="fbc:abc"):
         bench_configs_from_names(["fbc:abc"])
     assert bench_configs_from_names(["none"]) == []
+
+
+def test_pareto_front():
+    from vidaccel.bench import pareto_front
+
+    pts = [(30.0, 2.0), (25.0, 3.0), (28.0, 1.5), (20.0, 2.5), (35.0, 1.2)]
+    assert pareto_front(pts) == [(25.0, 3.0), (30.0, 2.0), (35.0, 1.2)]
+
+
+def test_cache_dit_peer_runs_when_installed():
+    pytest.importorskip("cache_dit")
+    from .conftest import run_pipe
+
+    pipe = make_pipeline("wan21")
+    before = run_pipe(pipe, num_inference_steps=8, num_frames=5)
+    (cd,) = bench_configs_from_names(["cache-dit:0.5"])
+    report = run_benchmark(pipe, [cd], prompts=["a red circle"], call_kwargs=dict(
+        height=32, width=32, num_frames=5, num_inference_steps=8, max_sequence_length=16), progress=False)
+    assert report.rows[1]["name"] == "cache-dit:0.5" and math.isfinite(report.rows[1]["psnr"])
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=8, num_frames=5), before)  # disabled again

@@ -70,7 +70,10 @@ def _embedded_pipeline(dtype):
                                "defaults": dict(height=32, width=32, num_frames=9, num_inference_steps=8,
                                                 guidance_scale=5.0, negative_prompt="")}
         return pipe.to(dtype=dtype) if dtype is not None else pipe
-    pipe = WanPipeline.from_pretrained(os.fspath(path), **({"dtype": dtype} if dtype is not None else {}))
+    from .models import EMBEDDED_DTYPE_NAME
+
+    # Weights ship as float16 to halve the package; compute in float32 unless asked otherwise.
+    pipe = WanPipeline.from_pretrained(os.fspath(path), dtype=dtype or parse_dtype(EMBEDDED_DTYPE_NAME))
     pipe.vidaccel_model = {"name": "shapes-t2v", "trained": True, "defaults": dict(EMBEDDED_DEFAULTS["shapes-t2v"])}
     return pipe
 

@@ -1,0 +1,133 @@
+"""Feature caching on the embedded model: vidaccel's policies against diffusers' caches and cache-dit.
+
+Sweeps vidaccel's CacheConfig policies and thresholds and the peers' (diffusers FirstBlockCache,
+MagCache calibrated on this model, TaylorSeer; cache-dit DBCache when installed) on the same prompts and
+seeds, in one process, interleaved round by round. Reports the denoising speed-up (median of per-pair
+ratios), PSNR / SSIM against the uncached frames and the shapes adherence score, plots both Pareto fronts,
+and checks the goals:
+
+* >= 3.0x denoising speed-up at PSNR >= 30 dB with adherence within 0.02 of uncached;
+* at every PSNR level vidaccel's front is faster than the best peer's.
+
+    python benchmarks/caching.py                       # full sweep (~20-40 min on 2 CPU cores)
+    python benchmarks/caching.py --quick               # 2 prompts, a few configs (smoke run)
+
+Writes benchmarks/results/caching/{bench.json,bench.md,bench.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import torch
+
+import vidaccel
+from vidaccel import CacheConfig
+from vidaccel.bench import BenchConfig, bench_configs_from_names, pareto_front, run_benchmark
+
+PROMPTS = [
+    "a red circle moving right on a black background",
+    "a blue square moving up on a gray background",
+    "a yellow triangle moving left on a navy background",
+    "a white circle moving down on a black background",
+    "a green square moving right on a navy background",
+    "a red triangle moving up on a gray background",
+]
+
+
+def vidaccel_configs(quick: bool) -> list[BenchConfig]:
+    sweep: list[tuple[str, CacheConfig]] = []
+    thresholds = [0.1, 0.2] if quick else [0.05, 0.1, 0.15, 0.2, 0.3, 0.45]
+    for thr in thresholds:
+        sweep.append((f"block:{thr:g}", CacheConfig(threshold=thr, policy="block")))
+        sweep.append((f"block+taylor1:{thr:g}", CacheConfig(threshold=thr, policy="block", forecast_order=1,
+                                                           max_consecutive_skips=5)))
+    for thr in ([0.2] if quick else [0.1, 0.2, 0.3, 0.5]):
+        sweep.append((f"step+taylor1:{thr:g}", CacheConfig(threshold=thr, policy="step", forecast_order=1,
+                                                          max_consecutive_skips=5)))
+    for thr in ([0.2] if quick else [0.1, 0.2, 0.4]):
+        sweep.append((f"profiled:{thr:g}", CacheConfig(threshold=thr, policy="profiled", forecast_order=1,
+                                                      cache_ratio=0.6, warmup_steps=3)))
+    return [BenchConfig.from_configs(name, cfg) for name, cfg in sweep]
+
+
+def peer_names(quick: bool) -> list[str]:
+    names = ["fbc:0.1", "magcache:0.06", "taylorseer:3"] if quick else [
+        "fbc:0.05", "fbc:0.1", "fbc:0.2", "fbc:0.3",
+        "magcache:0.03", "magcache:0.06", "magcache:0.12", "magcache:0.24",
+        "taylorseer:2", "taylorseer:3", "taylorseer:5",
+    ]
+    try:
+        import cache_dit  # noqa: F401
+
+        names += ["cache-dit:0.1"] if quick else ["cache-dit:0.05", "cache-dit:0.1", "cache-dit:0.2", "cache-dit:0.3"]
+    except ImportError:
+        print("cache-dit not installed: skipping it (pip install cache-dit)", file=sys.stderr)
+    return names
+
+
+def check_goals(report) -> dict:
+    base = report.rows[0]
+    rows = report.rows[1:]
+    ours = [r for r in rows if r["kind"] == "vidaccel"]
+    peers = [r for r in rows if r["kind"] == "peer"]
+    adh_ok = lambda r: base["adherence"] is None or (r["adherence"] is not None and r["adherence"] >= base["adherence"] - 0.02)
+    qualifying = [r for r in ours if r["psnr"] >= 30.0 and adh_ok(r)]
+    best = max(qualifying, key=lambda r: r["speedup"], default=None)
+    front_ours = pareto_front([(min(r["psnr"], 100.0), r["speedup"]) for r in ours])
+    front_peer = pareto_front([(min(r["psnr"], 100.0), r["speedup"]) for r in peers])
+
+    def best_at(front, level):  # fastest point with PSNR >= level
+        return max((s for p, s in front if p >= level), default=0.0)
+
+    levels = sorted({p for p, _ in front_peer})
+    dominated = [lvl for lvl in levels if best_at(front_ours, lvl) <= best_at(front_peer, lvl)]
+    return {
+        "best_at_30dB": None if best is None else {k: best[k] for k in ("name", "speedup", "psnr", "ssim", "adherence")},
+        "goal_3x_at_30dB": bool(best and best["speedup"] >= 3.0),
+        "peer_psnr_levels_where_vidaccel_not_faster": dominated,
+        "goal_faster_than_peers_at_every_psnr": not dominated,
+        "front_vidaccel": front_ours,
+        "front_peers": front_peer,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "caching"))
+    args = ap.parse_args()
+
+    pipe = vidaccel.load_pipeline(args.model)
+    kwargs = dict(pipe.vidaccel_model["defaults"])
+    if args.steps:
+        kwargs["num_inference_steps"] = args.steps
+    prompts = PROMPTS[:2] if args.quick else PROMPTS
+    configs = vidaccel_configs(args.quick) + bench_configs_from_names(peer_names(args.quick))
+    start = time.time()
+    report = run_benchmark(pipe, configs, prompts=prompts, seeds=[100], repeats=args.repeats, call_kwargs=kwargs,
+                           out_dir=None)
+    report.setup.update(title=f"feature caching, {pipe.vidaccel_model['name']}, {kwargs.get('num_inference_steps')} steps",
+                        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+                                f"{torch.get_num_threads()}",
+                        date=time.strftime("%Y-%m-%d"), wall_s=round(time.time() - start, 1),
+                        command="python " + " ".join(sys.argv))
+    goals = check_goals(report)
+    report.setup["goals"] = goals
+    report.save(args.out)
+    print(report.markdown())
+    print(json.dumps({k: v for k, v in goals.items() if not k.startswith("front")}, indent=2))
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png ({report.setup['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
