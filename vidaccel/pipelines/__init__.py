@@ -2,6 +2,7 @@
 
 from .base import AcceleratedPipelineMixin
 from .cogvideox import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXVideoToVideoPipeline
+from .long_video import LongVideoOutput, LongVideoPipeline
 from .wan import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline, WanVideoToVideoPipeline
 
 __all__ = [
@@ -13,4 +14,6 @@ __all__ = [
     "CogVideoXPipeline",
     "CogVideoXImageToVideoPipeline",
     "CogVideoXVideoToVideoPipeline",
+    "LongVideoPipeline",
+    "LongVideoOutput",
 ]

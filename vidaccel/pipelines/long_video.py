@@ -255,10 +255,6 @@ class LongVideoOutput:
     stats: dict = field(default_factory=dict)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 class LongVideoPipeline(diffusers.WanPipeline):
     """Chunk-by-chunk generation of unbounded videos with a rolling KV cache (module docstring).
 
@@ -291,22 +287,35 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
     # -- public entry points ---------------------------------------------------------------------------
     def __call__(self, prompt, **kwargs) -> LongVideoOutput:
-        """Generate a long video; see :meth:`stream` for the arguments. Returns :class:`LongVideoOutput`."""
+        """Generate a long video; see :meth:`stream` for the arguments. Returns :class:`LongVideoOutput`.
+
+        Ctrl-C or SIGTERM stop it after the chunk in progress is dropped: the mp4 keeps every finished chunk
+        and the returned output has ``interrupted=True``.
+        """
         return_frames = kwargs.pop("return_frames", True)
         frames: list[np.ndarray] = []
-        run = self._run(prompt, **kwargs)
+        result = LongVideoOutput(frames=None, num_frames=0, chunk_seconds=[], chunk_prompts=[], peak_memory_mib=None)
+        run = self._run(prompt, result=result, **kwargs)
         try:
-            while True:
-                chunk = next(run)
+            for chunk in run:
                 if return_frames:
                     frames.append(chunk)
-        except StopIteration as stop:
-            out: LongVideoOutput = stop.value
-        out.frames = np.concatenate(frames) if return_frames and frames else None
-        return out
+        except KeyboardInterrupt:
+            run.close()  # finalises the mp4 inside the generator
+            result.interrupted = True
+        result.frames = np.concatenate(frames)[: result.num_frames] if return_frames and frames else None
+        return result
 
     def stream(self, prompt, **kwargs) -> Iterator[np.ndarray]:
-        """Yield each chunk's decoded frames (float ``[f, H, W, 3]``) as soon as it is finished."""
+        """Yield each chunk's decoded frames (float ``[f, H, W, 3]``) as soon as it is finished.
+
+        Arguments (all keyword): ``num_frames`` or ``seconds`` (+ ``fps``, default 16); ``prompt`` is a string or a
+        schedule ``[(time, prompt), ...]`` in ``schedule_unit`` ("seconds" or "frames"); ``chunk_frames``,
+        ``window_frames`` (latent frames visible to a chunk, history included), ``sink_frames``, ``ema_decay``;
+        ``num_inference_steps`` or explicit ``timesteps``; ``guidance_scale``, ``negative_prompt``, ``seed``,
+        ``height``, ``width``; ``use_kv_cache``; ``positions`` ("relative" | "absolute");
+        ``reuse_context_attention``; ``context_noise``; ``output`` (mp4 path); ``progress``.
+        """
         yield from self._run(prompt, **kwargs)
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -317,13 +326,13 @@ class LongVideoPipeline(diffusers.WanPipeline):
              height: int | None = None, width: int | None = None, use_kv_cache: bool = True,
              ema_decay: float | None = None, positions: str = "relative", reuse_context_attention: bool = False,
              context_noise: float | None = None, output: str | os.PathLike | None = None, progress: bool = True,
-             max_sequence_length: int | None = None):
+             max_sequence_length: int | None = None, result: "LongVideoOutput | None" = None):
         from ..bench import _reset_peak, peak_memory
         from ..models.causal import _HOOK_ATTR, CausalConfig, apply_block_causal, remove_block_causal
 
         cc: CausalConfig = self.causal_config or CausalConfig()
-        chunk = chunk_frames or cc.chunk_frames
-        window = window_frames or cc.window_frames
+        chunk = cc.chunk_frames if chunk_frames is None else chunk_frames
+        window = cc.window_frames if window_frames is None else window_frames
         cn = cc.context_noise if context_noise is None else context_noise
         height = height or 128
         width = width or 128
@@ -331,7 +340,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                        num_inference_steps, guidance_scale)
         total = num_frames if num_frames is not None else int(round(seconds * fps))
         schedule = parse_schedule(prompt, total, fps, schedule_unit)
-        latent_frames = (total - 1) // 4 + 1
+        latent_frames = -(-(total - 1) // 4) + 1  # enough latent frames to cover `total` pixel frames
         num_chunks = math.ceil(latent_frames / chunk)
         steps = num_inference_steps or 20
         guidance = 4.0 if guidance_scale is None else guidance_scale
@@ -384,11 +393,13 @@ class LongVideoPipeline(diffusers.WanPipeline):
         history: dict[int, torch.Tensor] = {}  # visible committed frames, noised: absolute index -> [1, C, 1, h, w]
         decoder = WanStreamingDecoder(self.vae)
         writer = self._open_writer(output, fps) if output else None
-        chunk_seconds: list[float] = []
-        chunk_prompts: list[str] = []
+        result = result or LongVideoOutput(frames=None, num_frames=0, chunk_seconds=[], chunk_prompts=[],
+                                           peak_memory_mib=None)
+        result.path = os.fspath(output) if output else None
+        chunk_seconds, chunk_prompts = result.chunk_seconds, result.chunk_prompts
         produced = 0
         switches = 0
-        interrupted = False
+        self._stop_requested = False
         previous_handler = self._install_sigterm()
         _reset_peak(device)
         from tqdm.auto import tqdm
@@ -398,6 +409,10 @@ class LongVideoPipeline(diffusers.WanPipeline):
         start_all = time.perf_counter()
         try:
             for c in range(num_chunks):
+                if self._stop_requested:
+                    result.interrupted = True
+                    logger.warning("SIGTERM: stopping after %d finished chunks", len(chunk_seconds))
+                    break
                 t0 = time.perf_counter()
                 p = prompt_at(c)
                 enc = text(p)
@@ -444,6 +459,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 frames = self.video_processor.postprocess_video(pixels, output_type="np")[0]
                 frames = frames[: max(0, total - produced)]
                 produced += frames.shape[0]
+                result.num_frames = produced
                 if writer is not None:
                     for frame in frames:
                         writer.append_data((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -451,8 +467,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 bar.update(round(frames.shape[0] / fps, 4))
                 bar.set_postfix_str(f"{produced / (time.perf_counter() - start_all):.1f} FPS, chunk {c + 1}/{num_chunks}")
                 yield frames
-        except (KeyboardInterrupt, _Interrupted):
-            interrupted = True
+        except KeyboardInterrupt:
+            result.interrupted = True
             logger.warning("interrupted after %d finished chunks; %s keeps %d frames", len(chunk_seconds),
                            output or "the output", produced)
         finally:
@@ -467,13 +483,12 @@ class LongVideoPipeline(diffusers.WanPipeline):
             elif not had_causal:
                 remove_block_causal(transformer)
             decoder.reset()
-        return LongVideoOutput(frames=None, num_frames=produced, chunk_seconds=chunk_seconds,
-                               chunk_prompts=chunk_prompts, peak_memory_mib=peak_memory(device),
-                               path=os.fspath(output) if output else None, interrupted=interrupted,
-                               stats={"kv_cache_mib": cache.nbytes() / 2**20 if cache is not None else 0.0,
-                                      "context_tokens_attended": state.context_tokens if state else None,
-                                      "chunks": len(chunk_seconds), "use_kv_cache": use_kv_cache,
-                                      "prompt_switches_recached": switches})
+            result.peak_memory_mib = peak_memory(device)
+            result.stats = {"kv_cache_mib": cache.nbytes() / 2**20 if cache is not None else 0.0,
+                            "context_tokens_attended": state.context_tokens if state else None,
+                            "chunks": len(chunk_seconds), "use_kv_cache": use_kv_cache,
+                            "prompt_switches_recached": switches}
+        return result
 
     # -- helpers ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -593,13 +608,13 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                   ffmpeg_log_level="error")
 
-    @staticmethod
-    def _install_sigterm():
+    def _install_sigterm(self):
+        """SIGTERM asks the loop to stop after the current chunk (the mp4 is then closed normally)."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
         def handler(signum, frame):
-            raise _Interrupted()
+            self._stop_requested = True
 
         return signal.signal(signal.SIGTERM, handler)
 
