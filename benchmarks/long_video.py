@@ -1,0 +1,174 @@
+"""Long video with the rolling KV cache: flat time and memory per chunk, adherence per chunk, cache vs recompute.
+
+On the embedded ``shapes-ar`` model (CPU):
+
+* per-chunk time and peak memory for 8, 32 and 128 chunks (goal: flat — peak memory for 4x more chunks
+  within 10 %, last-chunk time within 10 % of the first);
+* adherence (shapes score) of every chunk against its prompt;
+* speed-up of the KV cache over recomputing the history (same settings, same seed), and their PSNR;
+* optionally cached-context attention reuse (FlashBlock): speed-up and PSNR against the exact KV path.
+
+    python benchmarks/long_video.py                     # 8 / 32 / 128 chunks
+    python benchmarks/long_video.py --chunks 8 32       # shorter
+
+GPU (when one is lent): ``--gpu-shapes`` times a random-weight Wan2.1-1.3B-shaped causal transformer
+(30 layers, dim 1536, 12 heads, 480x832 → 30x52 tokens per latent frame, chunks of 3 latent frames,
+4 denoising steps) and prints frames per second of video.
+
+Writes benchmarks/results/long_video.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from vidaccel.metrics import psnr
+from vidaccel.pipelines.long_video import LongVideoPipeline
+
+PROMPT = "a red circle moving right on a black background"
+
+
+def chunk_scores(frames, prompts, chunk_px):
+    from vidaccel.eval import shapes_score
+
+    out, start = [], 0
+    for i, p in enumerate(prompts):
+        n = chunk_px[i]
+        out.append(round(float(shapes_score(frames[start:start + n], p)["overall"]), 4) if n >= 2 else None)
+        start += n
+    return out
+
+
+def run_lengths(pipe, chunks_list, kw):
+    rows = []
+    chunk = pipe.causal_config.chunk_frames
+    for n in chunks_list:
+        frames = 1 + 4 * (n * chunk - 1)
+        out = pipe(PROMPT, num_frames=frames, **kw)
+        t = out.chunk_seconds
+        first = statistics.median(t[1:4]) if len(t) > 4 else t[0]
+        last = statistics.median(t[-3:])
+        px = [1 + 4 * (chunk - 1)] + [4 * chunk] * (n - 1)
+        scores = chunk_scores(out.frames, out.chunk_prompts, px)
+        rows.append({"chunks": n, "frames": out.num_frames, "peak_mib": round(out.peak_memory_mib, 1),
+                     "first_chunks_s": round(first, 4), "last_chunks_s": round(last, 4),
+                     "last_over_first": round(last / first, 3), "fps": round(out.num_frames / sum(t), 2),
+                     "adherence_first": scores[0] if scores[0] is not None else scores[1],
+                     "adherence_last": scores[-1], "adherence_per_chunk": scores})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "adherence_per_chunk"}))
+    return rows
+
+
+def kv_vs_recompute(pipe, kw, chunks=12):
+    chunk = pipe.causal_config.chunk_frames
+    frames = 1 + 4 * (chunks * chunk - 1)
+    res = {}
+    for name, extra in (("kv", dict(use_kv_cache=True)), ("recompute", dict(use_kv_cache=False)),
+                        ("kv+reuse", dict(use_kv_cache=True, reuse_context_attention=True)),
+                        ("kv2", dict(use_kv_cache=True)), ("recompute2", dict(use_kv_cache=False))):
+        out = pipe(PROMPT, num_frames=frames, **kw, **extra)
+        res[name] = out
+    t = lambda o: sum(o.chunk_seconds)
+    return {
+        "chunks": chunks,
+        "kv_s": round(min(t(res["kv"]), t(res["kv2"])), 3),
+        "recompute_s": round(min(t(res["recompute"]), t(res["recompute2"])), 3),
+        "speedup_kv_over_recompute": round(min(t(res["recompute"]), t(res["recompute2"])) /
+                                           min(t(res["kv"]), t(res["kv2"])), 3),
+        "psnr_kv_vs_recompute": round(psnr(res["kv"].frames, res["recompute"].frames), 2),
+        "reuse_s": round(t(res["kv+reuse"]), 3),
+        "speedup_reuse_over_kv": round(min(t(res["kv"]), t(res["kv2"])) / t(res["kv+reuse"]), 3),
+        "psnr_reuse_vs_kv": round(psnr(res["kv+reuse"].frames, res["kv"].frames), 2),
+    }
+
+
+def gpu_shapes(steps=4, chunks=6):
+    """Random-weight Wan2.1-1.3B-shaped causal transformer: transformer-only FPS of video (no VAE/text)."""
+    from diffusers import WanTransformer3DModel
+
+    from vidaccel.accel.kv_cache import RollingKVCache
+    from vidaccel.pipelines.long_video import KVCachedWanAttnProcessor, _PassState
+    from vidaccel.accel.processors import ProcessorSwap
+    from vidaccel.specs import spec_for
+
+    dev = torch.device("cuda")
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads").to(dev, torch.bfloat16).eval()
+    h, w, chunk, tpf = 60, 104, 3, 30 * 52
+    cache = RollingKVCache(30, 1, 12, 128, tpf, sink_frames=3, window_frames=18, dtype=torch.bfloat16, device=dev)
+    state = _PassState(cache=cache)
+    ProcessorSwap(spec_for(model), model, lambda p, i: KVCachedWanAttnProcessor(state, i)).attach()
+    text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+    table = LongVideoPipeline._rope_table(model, 24, h, w)
+    pipe = LongVideoPipeline.__new__(LongVideoPipeline)
+    times = []
+    with torch.no_grad():
+        for c in range(chunks):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            ctx = cache.positions("relative")
+            q_pos = list(range(len(ctx), len(ctx) + chunk))
+            state.rope_q = LongVideoPipeline._gather_rope(table, q_pos, dev)
+            state.rope_k = LongVideoPipeline._gather_rope(table, ctx, dev)
+            x = torch.randn(1, 16, chunk, h, w, device=dev, dtype=torch.bfloat16)
+            ts = torch.full((1, chunk * tpf), 500.0, device=dev)
+            for _ in range(steps):
+                model(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
+            state.write, state.frame_start = True, c * chunk
+            model(hidden_states=x, timestep=ts * 0, encoder_hidden_states=text, return_dict=False)
+            state.write = False
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    per_chunk = statistics.median(times[2:])
+    return {"device": torch.cuda.get_device_name(0), "chunk_s": round(per_chunk, 4),
+            "fps_video": round(4 * chunk / per_chunk, 2), "note": "transformer only; 4 steps + 1 commit pass per chunk"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--gpu-shapes", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "long_video.json"))
+    args = ap.parse_args()
+    if args.gpu_shapes:
+        print(json.dumps(gpu_shapes(), indent=2))
+        return
+    from vidaccel.models import EMBEDDED_DEFAULTS
+
+    pipe = LongVideoPipeline.from_embedded()
+    d = EMBEDDED_DEFAULTS["shapes-ar"]
+    kw = dict(height=d["height"], width=d["width"], num_inference_steps=args.steps or d["num_inference_steps"],
+              guidance_scale=d["guidance_scale"], seed=0, progress=False)
+    start = time.time()
+    rows = run_lengths(pipe, args.chunks, kw)
+    compare = kv_vs_recompute(pipe, kw)
+    print(json.dumps(compare))
+    lo, hi = rows[0], rows[-1]
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "command": "python " + " ".join(sys.argv), "settings": kw | {"chunk_frames": pipe.causal_config.chunk_frames,
+                                                                      "window_frames": pipe.causal_config.window_frames},
+        "lengths": rows, "kv_vs_recompute": compare,
+        "memory_growth": round(hi["peak_mib"] / lo["peak_mib"] - 1, 4),
+        "goal_memory_flat": hi["peak_mib"] <= 1.10 * lo["peak_mib"],
+        "goal_time_flat": all(r["last_over_first"] <= 1.10 for r in rows),
+        "wall_s": round(time.time() - start, 1),
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("lengths",)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
