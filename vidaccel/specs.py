@@ -41,6 +41,8 @@ class ModelSpec:
         cache_contexts: names of the cache contexts the pipelines open.
         block_carries: the block inputs a block updates and returns, in order (Wan: the video tokens;
             CogVideoX: video and text tokens). A block returns one tensor when this has one name, else a tuple.
+        latent_axes: axes of (frames, height, width) in the transformer's ``hidden_states`` input
+            (Wan ``[B, C, F, H, W]``; CogVideoX ``[B, F, C, H, W]``).
         vae_temporal: pixel frames per latent frame (after the first one).
         vae_spatial: pixels per latent pixel.
         fps: frame rate the family's videos are made for (Wan 16, CogVideoX 8).
@@ -55,6 +57,7 @@ class ModelSpec:
     cfg_style: str
     cache_contexts: tuple[str, ...]
     block_carries: tuple[str, ...] = ("hidden_states",)
+    latent_axes: tuple[int, int, int] = (2, 3, 4)
     vae_temporal: int = 4
     vae_spatial: int = 8
     fps: int = 16
@@ -130,6 +133,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         cfg_style="batched",
         cache_contexts=("cond_uncond",),
         block_carries=("hidden_states", "encoder_hidden_states"),
+        latent_axes=(1, 3, 4),
         fps=8,
     ),
 }

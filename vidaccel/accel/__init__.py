@@ -2,5 +2,6 @@
 
 from .base import Technique, register_technique
 from .caching import CacheConfig
+from .sliding_window import SlidingWindowConfig
 
-__all__: list[str] = ["Technique", "register_technique", "CacheConfig"]
+__all__: list[str] = ["Technique", "register_technique", "CacheConfig", "SlidingWindowConfig"]

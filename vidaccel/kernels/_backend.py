@@ -50,5 +50,6 @@ def available_backends() -> dict[str, str]:
 
     flex = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
     out["flex"] = "torch flex_attention available" if flex else "unavailable in this torch"
+    out["gather"] = "SDPA over each query tile's window keys: the CPU default for sliding-tile attention"
     out["torch"] = f"torch {torch.__version__} reference / fallback: always available"
     return out

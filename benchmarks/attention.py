@@ -1,0 +1,381 @@
+"""Sliding-tile attention benchmarks: kernel speed against dense attention, and quality in a pipeline.
+
+Modes (each prints a markdown table and writes JSON to ``--json``):
+
+``cpu-kernel``
+    The best CPU backend (``gather``; optionally compiled ``flex``) against dense SDPA at ≥ 8k tokens for
+    densities 0.1–0.5 (B=1, fp32). ``speedup × density`` is the fraction of the ideal speed-up reached.
+``quality``
+    PSNR / SSIM / adherence of the embedded model (``vidaccel.load_pipeline("embedded")``, 128×128×17 →
+    a 5×8×8 token grid) under several windows and ``dense_steps``, through ``vidaccel.bench.run_benchmark``
+    (interleaved with the baseline). Falls back to the tiny random-weight Wan model (labelled as such)
+    when the embedded weights are absent.
+``gpu-kernel``
+    CUDA only: the Triton kernel (and compiled flex) against SDPA's flash backend at Wan2.1-1.3B shapes
+    (12 heads, D=128, 32,760 tokens = 480p/81 frames and 75,600 tokens = 720p/81 frames), bf16. Goal:
+    speed-up ≥ 0.85 / density. ``--smoke`` runs the same code on CPU at toy sizes.
+``gpu-e2e``
+    CUDA only: one forward of a random-weight Wan2.1-1.3B transformer at 480p / 81 frames (bf16), dense
+    against ``SlidingWindowConfig`` windows. Goal ≥ 1.8×. ``--smoke`` runs a tiny transformer on CPU.
+
+Examples::
+
+    python benchmarks/attention.py cpu-kernel --json /tmp/attn_cpu.json
+    python benchmarks/attention.py quality --steps 25
+    python benchmarks/attention.py gpu-kernel          # on a GPU machine
+    python benchmarks/attention.py gpu-e2e             # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from vidaccel.kernels.attention import (
+    flash_attention,
+    sliding_tile_attention,
+    sliding_tile_density,
+    tile_plan,
+)
+
+# Wan2.1-1.3B token grids (patch 1×2×2, VAE 4×8×8): 81 frames → 21 latent frames.
+WAN13_GRIDS = {"480p": (21, 30, 52), "720p": (21, 45, 80)}
+WAN13_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+
+def machine() -> dict:
+    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def timeit(fn, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> float:
+    """Median seconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def best_tile(grid, volumes=(128, 256), align: int = 64) -> tuple[int, int, int]:
+    """A tile whose volume is in ``volumes`` (a multiple of ``align``: no padding inside a unit) that keeps
+    the padded sequence length (partial border tiles are padding) within 2% of the least possible, and among
+    those the most cube-like one (in tokens, time counted ×4 as in STA's 4×8×8)."""
+    options = []
+    for tt in range(1, min(grid[0], 8) + 1):
+        for th in range(1, min(grid[1], 32) + 1):
+            for tw in range(1, min(grid[2], 32) + 1):
+                vol = tt * th * tw
+                if vol not in volumes or vol % align:
+                    continue
+                padded = math.prod(math.ceil(g / t) for g, t in zip(grid, (tt, th, tw))) * vol
+                sides = (4 * tt, th, tw)
+                options.append((padded, max(sides) / min(sides), -vol, (tt, th, tw)))
+    if not options:
+        raise ValueError(f"no tile of volume {volumes} fits grid {grid}")
+    least = min(o[0] for o in options)
+    return min((o for o in options if o[0] <= 1.02 * least), key=lambda o: o[1:3])[3]
+
+
+def windows_for_densities(grid, tile, targets) -> list[tuple[tuple[int, int, int], float]]:
+    """For each target density, a window of whole tiles within ±15% of it (else the closest) that is as
+    balanced as possible: the same fraction of the grid in every dimension, i.e. local everywhere."""
+    n = [math.ceil(g / t) for g, t in zip(grid, tile)]
+    options = {}
+    for a in range(1, n[0] + 1):
+        for b in range(1, n[1] + 1):
+            for c in range(1, n[2] + 1):
+                fracs = (a / n[0], b / n[1], c / n[2])
+                window = (a * tile[0], b * tile[1], c * tile[2])
+                options[window] = (sliding_tile_density(grid, window, tile), max(fracs) / min(fracs))
+    out = []
+    for target in targets:
+        near = [w for w, (d, _) in options.items() if abs(d / target - 1) <= 0.15]
+        if near:
+            window = min(near, key=lambda w: (options[w][1], abs(options[w][0] - target)))
+        else:
+            window = min(options, key=lambda w: abs(options[w][0] - target))
+        if window not in [w for w, _ in out]:
+            out.append((window, options[window][0]))
+    return out
+
+
+def print_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "—")) for c in columns) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def save(path: str | None, payload: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print(f"wrote {path}")
+
+
+# -- CPU kernel ------------------------------------------------------------------------------------
+def cpu_kernel(args) -> dict:
+    torch.manual_seed(0)
+    rows = []
+    backends = ["gather"] + (["flex"] if args.flex else [])
+    if args.flex:
+        from vidaccel.kernels.attention import wrapper
+
+        wrapper.FLEX_COMPILE_ON_CPU = True
+    for grid in [tuple(map(int, g.split("x"))) for g in args.grids]:
+        L = math.prod(grid)
+        tile = tuple(args.tile)
+        q, k, v = (torch.randn(1, L, args.heads, args.head_dim) for _ in range(3))
+        for window, density in windows_for_densities(grid, tile, args.densities):
+            for backend in backends:
+                fns = {
+                    "dense": lambda: flash_attention(q, k, v, backend="sdpa"),
+                    backend: lambda: sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile,
+                                                            backend=backend),
+                }
+                if backend == "flex":  # compile outside the timing
+                    fns[backend]()
+                # interleave dense and sparse repeats so machine drift cancels in the ratio
+                ratios, td, ts = [], [], []
+                for _ in range(args.repeats):
+                    td.append(timeit(fns["dense"], warmup=0, repeats=1))
+                    ts.append(timeit(fns[backend], warmup=0, repeats=1))
+                    ratios.append(td[-1] / ts[-1])
+                speedup = statistics.median(ratios)
+                row = dict(tokens=L, grid="×".join(map(str, grid)), tile="×".join(map(str, tile)),
+                           window="×".join(map(str, window)), density=density, backend=backend,
+                           dense_s=statistics.median(td), sparse_s=statistics.median(ts), speedup=speedup,
+                           efficiency=speedup * density)
+                rows.append(row)
+                print(row, flush=True)
+    table = print_table(rows, ["tokens", "grid", "tile", "window", "density", "backend", "dense_s", "sparse_s",
+                               "speedup", "efficiency"])
+    return {"mode": "cpu-kernel", "heads": args.heads, "head_dim": args.head_dim, "dtype": "float32",
+            "rows": rows, "table": table}
+
+
+# -- quality -----------------------------------------------------------------------------------------
+def quality(args) -> dict:
+    import vidaccel
+    from vidaccel.accel.sliding_window import SlidingWindowConfig
+    from vidaccel.bench import BenchConfig, run_benchmark
+
+    pipe = vidaccel.load_pipeline("embedded", device="cpu")
+    model = pipe.vidaccel_model
+    call = dict(model.get("defaults", {}))
+    if not model.get("trained"):
+        # the random model: use the embedded model's geometry (128×128×17 → 5×8×8 tokens) anyway
+        call.update(height=128, width=128, num_frames=17)
+    if args.steps:
+        call["num_inference_steps"] = args.steps
+    steps = call.get("num_inference_steps", 25)
+    spec = vidaccel.spec_for(pipe.transformer)
+    grid = spec.token_grid(pipe.transformer, spec.latent_shape(call["num_frames"], call["height"], call["width"]))
+    tile = tuple(args.tile)
+    configs = []
+    for w in args.windows:
+        window = tuple(map(int, w.split("x")))
+        for ds in args.dense_steps:
+            ds_abs = round(ds * steps)  # given as a fraction of the steps
+            name = f"win {w} ds {ds_abs}"
+            configs.append(BenchConfig.from_configs(name, SlidingWindowConfig(window=window, tile=tile,
+                                                                              dense_steps=ds_abs)))
+    prompts = args.prompts or ["a red circle moving right on a black background",
+                               "a blue square moving up on a gray background"]
+    report = run_benchmark(pipe, configs, prompts=prompts, seeds=args.seeds, repeats=1, call_kwargs=call,
+                           progress=False)
+    rows = []
+    for r in report.rows:
+        stat = (r.get("stats") or {}).get("sliding_window", {}).get("transformer", {})
+        rows.append(dict(config=r["name"], density=stat.get("density", 1.0), psnr=r["psnr"], ssim=r["ssim"],
+                         adherence=r["adherence"], speedup=r["speedup"]))
+    print(f"model: {model.get('name')} (trained: {model.get('trained')}), token grid {grid}, tile {tile}, "
+          f"{steps} steps")
+    table = print_table(rows, ["config", "density", "psnr", "ssim", "adherence", "speedup"])
+    return {"mode": "quality", "model": model.get("name"), "trained": model.get("trained"), "grid": grid,
+            "tile": tile, "call": {k: v for k, v in call.items() if isinstance(v, (int, float, str))},
+            "rows": rows, "table": table, "bench": report.rows}
+
+
+# -- GPU kernel --------------------------------------------------------------------------------------
+def gpu_kernel(args) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    smoke = args.smoke
+    device = "cpu" if smoke else "cuda"
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu-kernel needs a CUDA GPU (use --smoke to exercise the code on CPU)")
+    dtype = torch.float32 if smoke else torch.bfloat16
+    heads, D = (2, 64) if smoke else (12, 128)
+    grids = {"smoke": (4, 6, 10)} if smoke else WAN13_GRIDS
+    backends = ["gather"] if smoke else ["triton", "flex"]
+    rows = []
+    for label, grid in grids.items():
+        L = math.prod(grid)
+        tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else best_tile(grid))
+        plan = tile_plan(grid, grid, tile, align=1 if smoke else 64)
+        padding = plan.length / L - 1
+        q, k, v = (torch.randn(1, L, heads, D, device=device, dtype=dtype) for _ in range(3))
+
+        def dense():
+            if smoke:
+                return flash_attention(q, k, v, backend="sdpa")
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return flash_attention(q, k, v, backend="sdpa")
+
+        t_dense = timeit(dense, warmup=2, repeats=args.repeats, device=device)
+        if not smoke:
+            t_dense_triton = timeit(lambda: flash_attention(q, k, v, backend="triton"), warmup=2,
+                                    repeats=args.repeats, device=device)
+            rows.append(dict(shape=label, tokens=L, tile="×".join(map(str, tile)), window="dense",
+                             density=1.0, backend="triton-dense", time_ms=t_dense_triton * 1e3,
+                             speedup=t_dense / t_dense_triton, goal=0.85, padding=0.0))
+        ref = dense().float()
+        for window, density in windows_for_densities(grid, tile, args.densities):
+            for backend in backends:
+                fn = lambda: sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile,  # noqa: E731
+                                                    backend=backend)
+                t = timeit(fn, warmup=2, repeats=args.repeats, device=device)
+                rows.append(dict(shape=label, tokens=L, tile="×".join(map(str, tile)),
+                                 window="×".join(map(str, window)), density=density, backend=backend,
+                                 time_ms=t * 1e3, speedup=t_dense / t, goal=0.85 / density,
+                                 padding=padding, met=t_dense / t >= 0.85 / density))
+                print(rows[-1], flush=True)
+        del ref
+    print(f"dense reference: SDPA {'(math/cpu)' if smoke else 'flash backend'}, {dtype}, heads={heads}, D={D}")
+    table = print_table(rows, ["shape", "tokens", "tile", "window", "density", "backend", "time_ms", "speedup",
+                               "goal", "padding"])
+    return {"mode": "gpu-kernel", "smoke": smoke, "dtype": str(dtype), "heads": heads, "head_dim": D,
+            "rows": rows, "table": table}
+
+
+# -- GPU end to end ----------------------------------------------------------------------------------
+def gpu_e2e(args) -> dict:
+    import vidaccel
+    from diffusers import WanTransformer3DModel
+    from vidaccel.accel.sliding_window import SlidingWindowConfig
+
+    smoke = args.smoke
+    device = "cpu" if smoke else "cuda"
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu-e2e needs a CUDA GPU (use --smoke to exercise the code on CPU)")
+    dtype = torch.float32 if smoke else torch.bfloat16
+    cfg = dict(WAN13_CONFIG)
+    latent = (21, 60, 104)
+    if smoke:
+        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2, text_dim=32)
+        latent = (4, 12, 20)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WanTransformer3DModel(**cfg).to(dtype).eval()
+    grid = (latent[0], latent[1] // 2, latent[2] // 2)
+    tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else best_tile(grid))
+    x = torch.randn(1, 16, *latent, device=device, dtype=dtype)
+    text = torch.randn(1, 16 if smoke else 512, cfg["text_dim"], device=device, dtype=dtype)
+    t = torch.tensor([500.0], device=device)
+
+    def forward():
+        with torch.no_grad():
+            return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    base_out = forward().float()
+    t_dense = timeit(forward, warmup=1, repeats=args.repeats, device=device)
+    rows = [dict(config="dense", density=1.0, time_s=t_dense, speedup=1.0, rel_err=0.0)]
+    for window, density in windows_for_densities(grid, tile, args.densities):
+        vidaccel.apply(model, SlidingWindowConfig(window=window, tile=tile, backend="auto"))
+        try:
+            out = forward().float()
+            ts = timeit(forward, warmup=1, repeats=args.repeats, device=device)
+            measured = vidaccel.stats(model)["sliding_window"]["transformer"]["density"]
+        finally:
+            vidaccel.remove(model)
+        rows.append(dict(config=f"window {'×'.join(map(str, window))}", density=measured, time_s=ts,
+                         speedup=t_dense / ts,
+                         rel_err=float((out - base_out).norm() / base_out.norm())))
+        print(rows[-1], flush=True)
+    print(f"Wan2.1-1.3B-shaped random transformer, latent {latent} → token grid {grid}, tile {tile}, {dtype}")
+    table = print_table(rows, ["config", "density", "time_s", "speedup", "rel_err"])
+    return {"mode": "gpu-e2e", "smoke": smoke, "grid": grid, "tile": tile, "rows": rows, "table": table}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("cpu-kernel")
+    c.add_argument("--grids", nargs="+", default=["8x32x32", "12x32x32"])
+    c.add_argument("--tile", nargs=3, type=int, default=[2, 8, 8])
+    c.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    c.add_argument("--heads", type=int, default=2)
+    c.add_argument("--head-dim", type=int, default=64)
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--flex", action="store_true", help="also time torch.compile'd flex_attention (slow compile)")
+    qa = sub.add_parser("quality")
+    qa.add_argument("--windows", nargs="+", default=["1x4x4", "3x4x4", "5x4x4", "3x6x6", "5x6x6"])
+    qa.add_argument("--tile", nargs=3, type=int, default=[1, 2, 2])
+    qa.add_argument("--dense-steps", nargs="+", type=float, default=[0.0, 0.2],
+                    help="dense steps as fractions of the steps")
+    qa.add_argument("--steps", type=int, default=None)
+    qa.add_argument("--seeds", nargs="+", type=int, default=[0])
+    qa.add_argument("--prompts", nargs="*", default=None)
+    for name in ("gpu-kernel", "gpu-e2e"):
+        g = sub.add_parser(name)
+        g.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.5])
+        g.add_argument("--tile", nargs=3, type=int, default=None, help="default: the least-padding 128/256 tile")
+        g.add_argument("--repeats", type=int, default=5 if name == "gpu-kernel" else 3)
+        g.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
+    for s in sub.choices.values():
+        s.add_argument("--json", default=None, help="write results here")
+        s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fn = {"cpu-kernel": cpu_kernel, "quality": quality, "gpu-kernel": gpu_kernel, "gpu-e2e": gpu_e2e}[args.mode]
+    result = fn(args)
+    result["machine"] = machine()
+    result["command"] = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    save(args.json, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Attention kernels against their spec (naive.py): every backend, awkward shapes, fp32/fp16/bf16.
+
+The Triton kernel runs under ``TRITON_INTERPRET=1`` on CPU (set here before Triton is imported), so shapes
+stay small. Seeds are fresh each run and printed on failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vidaccel.kernels.attention import (
+    flash_attention,
+    sliding_tile_attention,
+    sliding_tile_density,
+    sliding_tile_mask,
+    tile_plan,
+    window_in_tiles,
+)
+from vidaccel.kernels.attention.naive import attention_naive, sliding_tile_attention_naive
+from vidaccel.kernels.attention.triton_kernel import AUTOTUNE_CONFIGS, prune_configs
+
+SPARSE_BACKENDS = ["sdpa", "gather", "flex", "triton"]
+TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture
+def seed():
+    s = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(s)
+    return s
+
+
+def assert_rel_close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "") -> None:
+    """Relative L2 error below ``tol``; NaN or Inf anywhere fails."""
+    assert torch.isfinite(out).all(), f"{what}: output has NaN/Inf"
+    err = ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-12)).item()
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
+def qkv(B, L, H, D, dtype=torch.float32, Lk=None):
+    Lk = L if Lk is None else Lk
+    return (torch.randn(B, L, H, D).to(dtype), torch.randn(B, Lk, H, D).to(dtype), torch.randn(B, Lk, H, D).to(dtype))
+
+
+# (grid, window, tile, num_text_tokens, head dim); L = text + T*H*W
+CASES = [
+    ((3, 3, 7), (1, 2, 4), (1, 2, 4), 0, 60),      # L = 63, ragged tiles
+    ((2, 4, 8), (2, 4, 8), (1, 4, 8), 0, 64),      # tiles fill the unit exactly, window = half the grid
+    ((2, 5, 6), (2, 4, 4), (2, 4, 4), 7, 128),     # text prefix, ragged tiles
+    ((5, 10, 20), (2, 8, 8), (1, 4, 8), 0, 64),    # L = 1000
+]
+
+
+@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"grid{c[0]}-win{c[1]}-tile{c[2]}-text{c[3]}-D{c[4]}")
+def test_sliding_tile_matches_naive_fp32(case, backend, seed):
+    grid, window, tile, ntext, D = case
+    L = ntext + math.prod(grid)
+    B, H = (1, 1) if L >= 1000 else (2, 2)
+    q, k, v = qkv(B, L, H, D)
+    ref = sliding_tile_attention_naive(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext, backend=backend)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert_rel_close(out, ref, TOL[torch.float32], f"{backend} seed={seed}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("backend", ["sdpa", "gather", "triton"])
+def test_sliding_tile_half_precision(dtype, backend, seed):
+    grid, window, tile, ntext = (2, 6, 6), (1, 4, 4), (1, 4, 4), 5
+    L = ntext + math.prod(grid)
+    q, k, v = qkv(1, L, 2, 64, dtype)
+    ref = sliding_tile_attention_naive(q.float(), k.float(), v.float(), grid=grid, window=window, tile=tile,
+                                       num_text_tokens=ntext)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext, backend=backend)
+    assert out.dtype == dtype
+    assert_rel_close(out.float(), ref, TOL[dtype], f"{backend} {dtype} seed={seed}")
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "triton"])
+@pytest.mark.parametrize("Lq,Lk,D", [(63, 100, 60), (200, 63, 128), (1000, 130, 64)])
+def test_flash_attention_ragged(Lq, Lk, D, backend, seed):
+    q, k, v = qkv(1, Lq, 2, D, Lk=Lk)
+    out = flash_attention(q, k, v, backend=backend)
+    assert out.shape == q.shape
+    assert_rel_close(out, attention_naive(q, k, v), TOL[torch.float32], f"{backend} seed={seed}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_flash_attention_triton_half(dtype, seed):
+    q, k, v = qkv(2, 70, 2, 64, dtype, Lk=90)
+    out = flash_attention(q, k, v, backend="triton")
+    assert out.dtype == dtype
+    assert_rel_close(out.float(), attention_naive(q.float(), k.float(), v.float()), TOL[dtype], f"seed={seed}")
+
+
+@pytest.mark.parametrize("backend", SPARSE_BACKENDS)
+def test_window_covering_everything_is_dense(backend, seed):
+    grid, ntext = (3, 4, 5), 4
+    q, k, v = qkv(1, ntext + 60, 2, 32)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=(3, 4, 5), tile=(1, 2, 2), num_text_tokens=ntext,
+                                 backend=backend)
+    big = sliding_tile_attention(q, k, v, grid=grid, window=(99, 99, 99), tile=(2, 3, 3), num_text_tokens=ntext,
+                                 backend=backend)
+    dense = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+    assert_rel_close(out, dense, 1e-5, f"{backend} seed={seed}")
+    assert_rel_close(big, dense, 1e-5, f"{backend} seed={seed}")
+
+
+@pytest.mark.parametrize("backend", ["gather", "triton"])
+def test_text_prefix_is_global(backend, seed):
+    grid, ntext = (2, 4, 8), 6
+    q, k, v = qkv(1, ntext + 64, 2, 32)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=(1, 4, 4), tile=(1, 4, 4), num_text_tokens=ntext,
+                                 backend=backend)
+    # text queries see every token
+    assert_rel_close(out[:, :ntext], attention_naive(q[:, :ntext], k, v), 1e-5, "text rows")
+    # every video query sees every text key: changing only text values changes every video output
+    v2 = v.clone()
+    v2[:, :ntext] += 1.0
+    out2 = sliding_tile_attention(q, k, v2, grid=grid, window=(1, 4, 4), tile=(1, 4, 4), num_text_tokens=ntext,
+                                  backend=backend)
+    assert ((out2[:, ntext:] - out[:, ntext:]).abs().amax(dim=(0, 2, 3)) > 1e-6).all()
+    mask = sliding_tile_mask(grid, (1, 4, 4), (1, 4, 4), ntext)
+    assert mask[:ntext].all() and mask[:, :ntext].all() and not mask.all()
+
+
+# -- properties of the tiling (fast: no kernels except gather) -------------------------------------
+dims = st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
+
+
+@settings(max_examples=25, deadline=None)
+@given(grid=dims, window=dims, tile=dims, ntext=st.integers(0, 5))
+def test_plan_reproduces_spec_mask(grid, window, tile, ntext):
+    """The per-unit key lists the kernels use, mapped back to sequence order, are exactly the spec's mask."""
+    mask = sliding_tile_mask(grid, window, tile, ntext)
+    plan = tile_plan(grid, window, tile, ntext, align=4)
+    allowed = torch.zeros(plan.n_units, plan.n_units, dtype=torch.bool)
+    for u, c in enumerate(plan.counts.tolist()):
+        allowed[u, plan.table[u, :c].long()] = True
+    unit_of = plan.dst // plan.unit
+    assert torch.equal(allowed[unit_of][:, unit_of], mask)
+    assert plan.key_valid.sum() == mask.shape[0]
+    assert torch.equal(plan.src[plan.dst], torch.arange(mask.shape[0]))
+    assert math.isclose(sliding_tile_density(grid, window, tile, ntext), mask.double().mean().item(), rel_tol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(grid=dims, window=dims, tile=dims)
+def test_every_query_sees_a_full_window(grid, window, tile):
+    """Windows shift inward at borders: every query keeps the same number of key tiles, its own among them."""
+    mask = sliding_tile_mask(grid, window, tile)
+    w = window_in_tiles(grid, window, tile)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, 3)
+    tiles = coords // torch.tensor(tile)
+    for qi in range(0, mask.shape[0], max(1, mask.shape[0] // 7)):
+        seen = {tuple(t) for t in tiles[mask[qi]].tolist()}
+        assert len(seen) == math.prod(w)
+        assert tuple(tiles[qi].tolist()) in seen
+        for d in range(3):  # contiguous range of tiles per dimension
+            span = sorted({t[d] for t in seen})
+            assert span == list(range(span[0], span[0] + w[d]))
+    if all(wi >= g for wi, g in zip(window, grid)):
+        assert mask.all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(grid=dims, window=dims, tile=dims, ntext=st.integers(0, 4), D=st.sampled_from([8, 12, 16]))
+def test_gather_backend_property(grid, window, tile, ntext, D):
+    q, k, v = qkv(1, ntext + math.prod(grid), 2, D)
+    ref = sliding_tile_attention_naive(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext, backend="gather")
+    assert_rel_close(out, ref, 1e-5, "gather")
+
+
+@settings(max_examples=6, deadline=None)
+@given(grid=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5)),
+       window=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5)),
+       tile=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)), ntext=st.integers(0, 3))
+def test_triton_backend_property(grid, window, tile, ntext):
+    q, k, v = qkv(1, ntext + math.prod(grid), 1, 16)
+    ref = sliding_tile_attention_naive(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext)
+    out = sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, num_text_tokens=ntext, backend="triton")
+    assert_rel_close(out, ref, 1e-5, "triton")
+
+
+# -- validation and config pruning ------------------------------------------------------------------
+def test_errors_name_field_value_and_allowed():
+    q, k, v = qkv(1, 24, 1, 16)
+    kw = dict(grid=(2, 3, 4), window=(1, 2, 2))
+    with pytest.raises(ValueError, match=r"window=\(0, 2, 2\).*>= 1"):
+        sliding_tile_attention(q, k, v, grid=(2, 3, 4), window=(0, 2, 2))
+    with pytest.raises(ValueError, match=r"tile=\(1, 2\).*three integers"):
+        sliding_tile_attention(q, k, v, tile=(1, 2), **kw)
+    with pytest.raises(ValueError, match="backend='cuda'.*allowed: auto, triton, flex, gather, sdpa"):
+        sliding_tile_attention(q, k, v, backend="cuda", **kw)
+    with pytest.raises(ValueError, match="q has 24 tokens.*5 \\+ 24"):
+        sliding_tile_attention(q, k, v, num_text_tokens=5, **kw)
+    with pytest.raises(ValueError, match="dtype"):
+        sliding_tile_attention(q.double(), k.double(), v.double(), **kw)
+    with pytest.raises(ValueError, match="share a dtype"):
+        flash_attention(q, k.half(), v.half())
+    with pytest.raises(ValueError, match="4-D"):
+        flash_attention(q[0], k, v)
+
+
+def test_autotune_configs_are_pruned_by_unit():
+    assert all(c["BLOCK_M"] <= 32 and c["BLOCK_N"] <= 32 for c in prune_configs(AUTOTUNE_CONFIGS, 32, 64))
+    assert len(prune_configs(AUTOTUNE_CONFIGS, 256, 128)) == len(AUTOTUNE_CONFIGS)
+    assert prune_configs(AUTOTUNE_CONFIGS, 0, 64)[0] == AUTOTUNE_CONFIGS[0]
+    with pytest.raises(ValueError, match="unit=8"):
+        prune_configs(AUTOTUNE_CONFIGS, 8, 64)
+
+
+def test_triton_kernel_compiles_for_gpus():
+    """The GPU path (not the interpreter) compiles to a cubin for Hopper (wgmma) and Ampere, without a GPU."""
+    import subprocess
+    import sys
+
+    code = (
+        "from vidaccel.kernels.attention.triton_kernel import aot_compile\n"
+        "k = aot_compile('bf16', sparse=True, unit=256, head_dim=128, arch=90)\n"
+        "assert 'warp_group_dot' in k.asm['ttgir'] and k.asm['cubin']\n"
+        "k = aot_compile('fp16', sparse=False, head_dim=60, arch=80)\n"
+        "assert k.asm['cubin']\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+GPU_CHECK = """
+import math, torch
+from vidaccel.kernels.attention import flash_attention, sliding_tile_attention
+torch.manual_seed(0)
+grid, window, tile = (5, 30, 52), (4, 16, 24), (1, 8, 16)  # Wan-like: 12 heads, D=128, ragged tiles
+for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float16, 5e-3), (torch.float32, 1e-4)):
+    q, k, v = (torch.randn(1, math.prod(grid), 12, 128, device="cuda", dtype=dtype) for _ in range(3))
+    pairs = [(sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, backend="triton"),
+              sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, backend="sdpa")),
+             (flash_attention(q[:, :1000], k, v, backend="triton"), flash_attention(q[:, :1000], k, v, backend="sdpa"))]
+    for out, ref in pairs:
+        assert torch.isfinite(out).all()
+        err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+        assert err < tol, (dtype, err)
+print("ok")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_on_gpu_matches_sdpa():
+    """The compiled, autotuned kernel on a GPU (a subprocess: this module runs Triton's interpreter)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", GPU_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -1,0 +1,122 @@
+"""Tile layout of a video-token sequence: the reordering and the per-tile key lists every sparse backend uses.
+
+The sequence ``[text (num_text_tokens) | video (T*H*W, frame-major)]`` is laid out as *units* of
+``unit`` positions each:
+
+* the text prefix fills the first ``ceil(num_text / unit)`` units (padded at the end);
+* each video tile (``tt×th×tw`` tokens, row-major inside the tile, partial tiles at the far borders)
+  fills one unit, padded to ``unit >= tt*th*tw`` positions (a multiple of ``align``).
+
+Padding keys are masked (``key_valid``); padding queries are computed and dropped. In this layout every
+kernel block lies inside one unit, so each block is either fully visited or fully skipped: unit ``u``
+visits the key units ``table[u, :counts[u]]`` (text units visit every unit; video units visit the text
+units and the ``wt*wh*ww`` tiles of their window).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .naive import window_in_tiles, window_starts
+
+__all__ = ["TilePlan", "tile_plan"]
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached, one object per key
+class TilePlan:
+    """See module docs. Index tensors live on ``device``; ``table``/``counts`` are int32."""
+
+    grid: tuple[int, int, int]
+    tile: tuple[int, int, int]
+    window_tiles: tuple[int, int, int]
+    num_text_tokens: int
+    unit: int
+    n_text_units: int
+    n_units: int
+    src: torch.Tensor  # [n_units*unit] int64: source index in the sequence of each position (padding → 0)
+    dst: torch.Tensor  # [L] int64: position of each sequence token in the layout
+    key_valid: torch.Tensor  # [n_units*unit] bool
+    table: torch.Tensor  # [n_units, max_count] int32, key units to visit (ascending), -1 after counts[u]
+    counts: torch.Tensor  # [n_units] int32
+    video_count: int  # key units visited by every video unit
+    has_padding: bool
+
+    @property
+    def length(self) -> int:
+        return self.n_units * self.unit
+
+    @property
+    def covers_all(self) -> bool:
+        """The window covers the whole grid: the result is dense attention."""
+        n_tiles = [math.ceil(g / t) for g, t in zip(self.grid, self.tile)]
+        return list(self.window_tiles) == n_tiles
+
+    def block_density(self) -> float:
+        """Fraction of (query unit, key unit) pairs visited: the work a block-sparse kernel does."""
+        return float(self.counts.double().sum().item()) / (self.n_units * self.n_units)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_cpu(grid, window, tile, num_text_tokens, align) -> TilePlan:
+    T, H, W = grid
+    tt, th, tw = tile
+    vol = tt * th * tw
+    unit = -(-vol // align) * align
+    n_tiles = tuple(math.ceil(g / t) for g, t in zip(grid, tile))
+    n_video_units = math.prod(n_tiles)
+    n_text_units = -(-num_text_tokens // unit)
+    n_units = n_text_units + n_video_units
+    L = num_text_tokens + T * H * W
+
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    tile_id = ((t // tt) * n_tiles[1] + h // th) * n_tiles[2] + w // tw
+    local = ((t % tt) * th + h % th) * tw + w % tw
+    video_dst = (n_text_units * unit + tile_id * unit + local).reshape(-1)
+    dst = torch.cat([torch.arange(num_text_tokens), video_dst])
+    src = torch.zeros(n_units * unit, dtype=torch.long)
+    src[dst] = torch.arange(L)
+    key_valid = torch.zeros(n_units * unit, dtype=torch.bool)
+    key_valid[dst] = True
+
+    w_tiles = window_in_tiles(grid, window, tile)
+    # key tiles of every query tile: the product of the per-dimension windows, ascending
+    ranges = []
+    for d in range(3):
+        start = window_starts(torch.arange(n_tiles[d]), n_tiles[d], w_tiles[d])
+        ranges.append(start[:, None] + torch.arange(w_tiles[d])[None, :])  # [n_d, w_d]
+    kt = ranges[0][:, None, None, :, None, None]
+    kh = ranges[1][None, :, None, None, :, None]
+    kw = ranges[2][None, None, :, None, None, :]
+    key_tiles = ((kt * n_tiles[1] + kh) * n_tiles[2] + kw).reshape(n_video_units, -1)
+    video_count = n_text_units + key_tiles.shape[1]
+    max_count = n_units if n_text_units else video_count
+    table = torch.full((n_units, max_count), -1, dtype=torch.int32)
+    if n_text_units:
+        table[:n_text_units] = torch.arange(n_units, dtype=torch.int32)
+        table[n_text_units:, :n_text_units] = torch.arange(n_text_units, dtype=torch.int32)
+    table[n_text_units:, n_text_units:video_count] = (key_tiles + n_text_units).to(torch.int32)
+    counts = torch.full((n_units,), video_count, dtype=torch.int32)
+    counts[:n_text_units] = n_units
+    return TilePlan(
+        grid=tuple(grid), tile=tuple(tile), window_tiles=w_tiles, num_text_tokens=num_text_tokens, unit=unit,
+        n_text_units=n_text_units, n_units=n_units, src=src, dst=dst, key_valid=key_valid, table=table,
+        counts=counts, video_count=video_count, has_padding=bool((~key_valid).any()),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_on(grid, window, tile, num_text_tokens, align, device) -> TilePlan:
+    p = _plan_cpu(grid, window, tile, num_text_tokens, align)
+    if device.type == "cpu":
+        return p
+    move = {k: getattr(p, k).to(device) for k in ("src", "dst", "key_valid", "table", "counts")}
+    return TilePlan(**{**p.__dict__, **move})
+
+
+def tile_plan(grid, window, tile, num_text_tokens: int = 0, align: int = 1, device="cpu") -> TilePlan:
+    """The (cached) :class:`TilePlan` of a grid, window and tile; units padded to a multiple of ``align``."""
+    return _plan_on(tuple(grid), tuple(window), tuple(tile), int(num_text_tokens), int(align), torch.device(device))

@@ -1,0 +1,258 @@
+"""Public attention ops: validation, backend choice, and the tile reordering around the kernels.
+
+Backends:
+
+* ``"triton"``: vidaccel's block-sparse flash-attention kernel (a CUDA GPU, or ``TRITON_INTERPRET=1`` on CPU);
+* ``"flex"``: ``torch.nn.attention.flex_attention`` with a block mask over the tile layout;
+* ``"gather"``: per query tile, gather the keys of its window and run SDPA on them (real savings on CPU);
+* ``"sdpa"``: ``F.scaled_dot_product_attention`` with a dense boolean mask (the reference; no savings);
+* ``"auto"``: ``triton`` on a CUDA GPU, ``gather`` elsewhere (dense ops: ``sdpa``, i.e. torch's own
+  flash/efficient kernels).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import triton_available
+from .layout import TilePlan, tile_plan
+from .naive import sliding_tile_mask
+
+__all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "resolve_backend", "sliding_tile_attention", "flash_attention"]
+
+BACKENDS = ("auto", "triton", "flex", "gather", "sdpa")
+#: STA's tile: 4 frames × 8 × 8 tokens = 256 tokens, two 128-row kernel blocks.
+DEFAULT_TILE = (4, 8, 8)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_GATHER_BUDGET = 1 << 25  # elements of gathered keys per SDPA call in the gather backend
+#: Compile flex_attention on CPU too (a first call per shape compiles for ~20 s; benchmarks set this).
+FLEX_COMPILE_ON_CPU = False
+
+
+def default_tile(grid) -> tuple[int, int, int]:
+    """:data:`DEFAULT_TILE`, clipped to the grid."""
+    return tuple(min(t, g) for t, g in zip(DEFAULT_TILE, grid))
+
+
+def _triple(name: str, value) -> tuple[int, int, int]:
+    try:
+        out = tuple(int(x) for x in value)
+    except TypeError:
+        out = ()
+    if len(out) != 3 or any(x < 1 for x in out) or any(int(x) != x for x in value):
+        raise ValueError(f"{name}={value!r} is not allowed: it must be three integers (t, h, w), each >= 1")
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device | str, sparse: bool = True) -> str:
+    """The backend ``backend`` means on ``device`` (``"auto"`` resolved); raises when it cannot run there."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if backend == "auto":
+        if not sparse:
+            return "sdpa"
+        return "triton" if device.type == "cuda" and triton_available(device) else "gather"
+    if backend == "triton" and not triton_available(device):
+        raise ValueError(f"backend='triton' cannot run on {device}: it needs a CUDA GPU or TRITON_INTERPRET=1")
+    return backend
+
+
+def _check_qkv(q, k, v, same_length: bool) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, L, H, D], got {getattr(x, 'shape', type(x))}")
+        if x.dtype not in _DTYPES:
+            raise ValueError(f"{name}.dtype={x.dtype} is not supported; allowed: float16, bfloat16, float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3]):
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head dim")
+    if same_length and q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must have the same length here, got {q.shape[1]} and {k.shape[1]}")
+
+
+def _sdpa(q, k, v, mask=None):
+    """SDPA in diffusers' [B, L, H, D] layout."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Dense softmax attention; query and key lengths may differ (a chunk's queries against cached keys).
+
+    Args:
+        q: ``[B, Lq, H, D]``; k, v: ``[B, Lk, H, D]``; float16, bfloat16 or float32; any head dim.
+        backend: ``"auto"`` (torch SDPA, i.e. flash attention where torch has it), ``"triton"``, ``"flex"``,
+            ``"sdpa"`` (``"gather"`` means ``"sdpa"`` here).
+
+    Returns:
+        ``[B, Lq, H, D]`` in ``q``'s dtype. Scale ``1/sqrt(D)``.
+
+    Example::
+
+        out = flash_attention(q, k_cache, v_cache)
+    """
+    _check_qkv(q, k, v, same_length=False)
+    backend = resolve_backend(backend, q.device, sparse=False)
+    if backend == "triton":
+        from .triton_kernel import block_sparse_attention_triton
+
+        return block_sparse_attention_triton(q, k, v)
+    if backend == "flex":
+        return _flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return _sdpa(q, k, v)
+
+
+# -- sparse backends -----------------------------------------------------------------------------
+def _to_layout(x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    return x.index_select(1, plan.src)
+
+
+def _from_layout(x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    return x.index_select(1, plan.dst)
+
+
+def _triton_sparse(q, k, v, plan: TilePlan):
+    from .triton_kernel import block_sparse_attention_triton
+
+    out = block_sparse_attention_triton(
+        _to_layout(q, plan), _to_layout(k, plan), _to_layout(v, plan), table=plan.table, counts=plan.counts,
+        unit=plan.unit, key_valid=plan.key_valid if plan.has_padding else None,
+    )
+    return _from_layout(out, plan)
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_block_mask(plan: TilePlan):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    allowed = torch.zeros(plan.n_units, plan.n_units, dtype=torch.bool, device=plan.table.device)
+    rows = torch.arange(plan.n_units, device=plan.table.device).repeat_interleave(plan.counts.long())
+    cols = torch.cat([plan.table[u, : int(c)] for u, c in enumerate(plan.counts.tolist())]).long()
+    allowed[rows, cols] = True
+    valid, unit = plan.key_valid, plan.unit
+
+    def mask_mod(b, h, qi, ki):
+        return allowed[qi // unit, ki // unit] & valid[ki]
+
+    block = 128 if unit % 128 == 0 or unit > 128 else unit * max(1, 128 // unit)
+    return create_block_mask(mask_mod, None, None, plan.length, plan.length, device=plan.table.device,
+                             BLOCK_SIZE=block)
+
+
+def _flex(q, k, v, block_mask=None):
+    """flex_attention on [B, H, L, D]: compiled on a GPU, eager elsewhere (slow; it materialises scores)
+    unless :data:`FLEX_COMPILE_ON_CPU`."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type == "cuda" or FLEX_COMPILE_ON_CPU:
+        return _compiled_flex()(q, k, v, block_mask=block_mask)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_sparse(q, k, v, plan: TilePlan):
+    qt, kt, vt = (_to_layout(x, plan).transpose(1, 2) for x in (q, k, v))
+    out = _flex(qt, kt, vt, block_mask=_flex_block_mask(plan))
+    return _from_layout(out.transpose(1, 2), plan)
+
+
+def _gather_sparse(q, k, v, plan: TilePlan):
+    B, L, H, D = q.shape
+    P, nt, ntext = plan.unit, plan.n_text_units, plan.num_text_tokens
+    out = torch.empty_like(q)
+    if ntext:  # text queries attend to every real key
+        out[:, :ntext] = _sdpa(q[:, :ntext], k, v)
+    ql, kl, vl = (x.transpose(1, 2).index_select(2, plan.src).view(B, H, plan.n_units, P, D) for x in (q, k, v))
+    ql = ql[:, :, nt:]
+    rows = plan.table[nt:, : plan.video_count].long()  # [nv, count] key units of each video unit
+    nv, S = rows.shape[0], plan.video_count * P
+    valid = plan.key_valid.view(plan.n_units, P)
+    chunk = max(1, _GATHER_BUDGET // max(1, B * H * S * D))
+    video = torch.empty(B, H, nv, P, D, dtype=q.dtype, device=q.device)
+    for c0 in range(0, nv, chunk):
+        r = rows[c0 : c0 + chunk]
+        c = r.shape[0]
+        kk = kl[:, :, r].reshape(B, H * c, S, D)
+        vv = vl[:, :, r].reshape(B, H * c, S, D)
+        qq = ql[:, :, c0 : c0 + c].reshape(B, H * c, P, D)
+        mask = valid[r].reshape(1, c, 1, S).expand(H, c, 1, S).reshape(1, H * c, 1, S) if plan.has_padding else None
+        video[:, :, c0 : c0 + c] = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).view(B, H, c, P, D)
+    video = video.view(B, H, nv * P, D).index_select(2, plan.dst[ntext:] - nt * P)
+    out[:, ntext:] = video.transpose(1, 2)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _dense_mask(grid, window, tile, num_text_tokens, device):
+    return sliding_tile_mask(grid, window, tile, num_text_tokens, device=device)
+
+
+def sliding_tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid, window, tile=None,
+                           num_text_tokens: int = 0, backend: str = "auto") -> torch.Tensor:
+    """Sliding-tile (local window) attention over a video-token grid, with an optional global text prefix.
+
+    A query attends to the keys in the window of tiles centred on its tile (shifted inward at the
+    borders so every query sees a full window); ``num_text_tokens`` prefix tokens attend to, and are
+    attended by, everything. See :mod:`vidaccel.kernels.attention.naive` for the exact definition and
+    STA (https://arxiv.org/abs/2502.04507) for the tile reordering.
+
+    Args:
+        q, k, v: ``[B, L, H, D]`` (diffusers' layout), ``L = num_text_tokens + T*H*W``, video tokens
+            frame-major; float16, bfloat16 or float32; any head dim.
+        grid: ``(T, H, W)``, the latent token grid after patching.
+        window: ``(wt, wh, ww)`` in tokens, rounded up to whole tiles; a window ≥ the grid is dense.
+        tile: ``(tt, th, tw)`` tokens per tile (default :data:`DEFAULT_TILE` clipped to the grid); grid
+            dimensions need not be multiples of it (partial tiles are padded and masked).
+        num_text_tokens: length of the global prefix.
+        backend: one of :data:`BACKENDS`.
+
+    Returns:
+        ``[B, L, H, D]`` in ``q``'s dtype.
+
+    Example::
+
+        out = sliding_tile_attention(q, k, v, grid=(21, 30, 52), window=(12, 16, 24), tile=(4, 8, 8))
+    """
+    _check_qkv(q, k, v, same_length=True)
+    grid = _triple("grid", grid)
+    window = _triple("window", window)
+    # a tile larger than the grid in some dimension means the same as one equal to it (and pads less)
+    tile = default_tile(grid) if tile is None else tuple(min(t, g) for t, g in zip(_triple("tile", tile), grid))
+    if not isinstance(num_text_tokens, int) or num_text_tokens < 0:
+        raise ValueError(f"num_text_tokens={num_text_tokens!r} is not allowed: it must be an int >= 0")
+    if q.shape[1] != num_text_tokens + math.prod(grid):
+        raise ValueError(f"q has {q.shape[1]} tokens but num_text_tokens + T*H*W = {num_text_tokens} + "
+                         f"{math.prod(grid)} for grid={grid}")
+    backend = resolve_backend(backend, q.device)
+    align = 1
+    if backend == "triton":
+        align = 64 if q.device.type == "cuda" else 32
+    plan = tile_plan(grid, window, tile, num_text_tokens, align=align, device=q.device)
+    if plan.covers_all:
+        return flash_attention(q, k, v, backend="triton" if backend == "triton" else "sdpa")
+    if backend == "sdpa":
+        return _sdpa(q, k, v, _dense_mask(grid, window, tile, num_text_tokens, q.device))
+    if backend == "triton":
+        return _triton_sparse(q, k, v, plan)
+    if backend == "flex":
+        return _flex_sparse(q, k, v, plan)
+    return _gather_sparse(q, k, v, plan)
