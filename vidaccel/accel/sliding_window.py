@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SlidingWindowConfig", "SlidingWindow"]
 
-# Axes of (frames, height, width) in the transformer's ``hidden_states`` input, per family.
-
 
 def _triple(name: str, value, optional: bool = False):
     if value is None and optional:
