@@ -52,12 +52,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import diffusers
 
 from ..accel.kv_cache import RollingKVCache
 from ..accel.processors import ProcessorSwap
+from ..kernels import flash_attention
 from ..specs import spec_for
 
 logger = logging.getLogger(__name__)
@@ -166,16 +166,6 @@ def _merge(o1, l1, o2, l2):
     return o1 * w1 + o2 * w2
 
 
-def _dense_attention(q, k, v):
-    try:
-        from ..kernels import flash_attention
-    except ImportError:
-        flash_attention = None
-    if flash_attention is not None:
-        return flash_attention(q, k, v)
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-
-
 @dataclass
 class _PassState:
     """What the KV processors of one transformer pass need (set by the pipeline before each pass)."""
@@ -221,9 +211,9 @@ class KVCachedWanAttnProcessor:
             o_in, l_in = _attention_lse(q_rot, k_rot, v)
             out = _merge(o_ctx, l_ctx, o_in, l_in).type_as(q)
         elif n_ctx:
-            out = _dense_attention(q_rot, torch.cat([ck, k_rot], 1), torch.cat([cv, v], 1))
+            out = flash_attention(q_rot, torch.cat([ck, k_rot], 1), torch.cat([cv, v], 1))
         else:
-            out = _dense_attention(q_rot, k_rot, v)
+            out = flash_attention(q_rot, k_rot, v)
         if st.write:
             st.cache.update(self.layer, k, v, st.frame_start)
         out = out.flatten(2, 3).type_as(hidden_states)
