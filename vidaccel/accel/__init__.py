@@ -2,6 +2,19 @@
 
 from .base import Technique, register_technique
 from .caching import CacheConfig
+from .kv_cache import RollingKVCache
+from .quantization import QuantConfig, load_quantized, load_quantized_transformer, quant_report, save_quantized
 from .sliding_window import SlidingWindowConfig
 
-__all__: list[str] = ["Technique", "register_technique", "CacheConfig", "SlidingWindowConfig"]
+__all__: list[str] = [
+    "Technique",
+    "register_technique",
+    "CacheConfig",
+    "SlidingWindowConfig",
+    "QuantConfig",
+    "save_quantized",
+    "load_quantized",
+    "load_quantized_transformer",
+    "quant_report",
+    "RollingKVCache",
+]

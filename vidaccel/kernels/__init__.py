@@ -2,5 +2,17 @@
 
 from ._backend import available_backends, triton_available, triton_interpreting
 from .attention import flash_attention, sliding_tile_attention
+from .fp8 import Fp8Weight, fp8_linear
+from .nvfp4 import NVFP4Weight, nvfp4_linear
 
-__all__ = ["available_backends", "triton_available", "triton_interpreting", "flash_attention", "sliding_tile_attention"]
+__all__ = [
+    "available_backends",
+    "triton_available",
+    "triton_interpreting",
+    "flash_attention",
+    "sliding_tile_attention",
+    "Fp8Weight",
+    "fp8_linear",
+    "NVFP4Weight",
+    "nvfp4_linear",
+]

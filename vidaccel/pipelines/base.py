@@ -65,13 +65,28 @@ class AcceleratedPipelineMixin:
     last_run: dict | None = None
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, accel: Any = None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, accel: Any = None, quantized=None, **kwargs):
         """``diffusers`` ``from_pretrained``, then :func:`vidaccel.apply` of ``accel``.
 
         Args:
             accel: ``None``, a preset name (``"fast"``), a technique config or a list of those.
+            quantized: a folder written by :func:`vidaccel.save_quantized`; its transformers are built straight
+                from the quantized tensors (no bf16 transformer weights are ever materialised).
         """
+        import os
+
         configs = resolve_accel(accel)  # validate before the (slow) load
+        if quantized is not None:
+            from ..accel.quantization import load_quantized_transformer
+
+            found = False
+            for role in ("transformer", "transformer_2"):
+                if os.path.isfile(os.path.join(os.fspath(quantized), f"{role}.safetensors")):
+                    kwargs.setdefault(role, load_quantized_transformer(quantized, role))
+                    found = True
+            if not found:
+                raise ValueError(f"quantized={os.fspath(quantized)!r} holds no transformer.safetensors written by "
+                                 "vidaccel.save_quantized")
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if configs:
             api.apply(pipe, *configs)

@@ -1,0 +1,181 @@
+"""Public NVFP4 ops: :class:`NVFP4Weight` and :func:`nvfp4_linear` (W4A16: activations stay bf16/fp16/fp32).
+
+Backends (``backend=``):
+
+* ``"triton"`` — the fused W4A16 Triton GEMM that dequantizes in registers (GPU, or CPU under
+  ``TRITON_INTERPRET=1``): best when M is small and the GEMM is memory-bound;
+* ``"dequant"`` — a Triton kernel dequantizes the weight into a transient ``x.dtype`` buffer (``N × K``, one
+  layer at a time), then cuBLAS ``F.linear``: best for large M (compute-bound), where the fused kernel
+  would dequantize the weight again in every M-tile;
+* ``"torch"`` — the reference: dequantize with torch ops, then ``F.linear``;
+* ``"auto"`` — on CUDA ``dequant`` for ``M >= DEQUANT_MIN_M`` tokens, else ``triton``; ``torch`` elsewhere.
+
+Blackwell's native FP4 matmul (``torch._scaled_mm`` on ``float4_e2m1fn_x2`` with swizzled block scales)
+needs the activations in NVFP4 too (W4A4); it is not wired in yet — W4A16 runs on every GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .._backend import triton_available, triton_interpreting
+from . import naive
+
+__all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUANT_MIN_M"]
+
+BACKENDS = ("auto", "triton", "dequant", "torch")
+#: token count from which ``backend="auto"`` dequantizes once and calls cuBLAS (a guess; tune on the GPU)
+DEQUANT_MIN_M = 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module(interpret: bool):
+    path = os.path.join(os.path.dirname(__file__), "_triton.py")
+    name = f"vidaccel.kernels.nvfp4._triton_{'interp' if interpret else 'gpu'}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kernels():
+    return _triton_module(triton_interpreting())
+
+
+@dataclass
+class NVFP4Weight:
+    """An NVFP4 weight of an ``nn.Linear`` with ``in_features`` inputs (format: :mod:`.naive`).
+
+    Attributes:
+        data: ``[N, Kp/2]`` uint8, two e2m1 codes per byte (even k in the low nibble); ``Kp`` = K rounded up to 16.
+        block_scale: ``[N, Kp/16]`` float8_e4m3fn, one per 16 consecutive values along K.
+        global_scale: 0-d (or 1-element) fp32 tensor, one per weight.
+        in_features: ``K``.
+    """
+
+    data: torch.Tensor
+    block_scale: torch.Tensor
+    global_scale: torch.Tensor
+    in_features: int
+
+    def __post_init__(self):
+        n = self.data.shape[0]
+        kp = naive.padded_k(self.in_features)
+        if self.data.dtype != torch.uint8 or tuple(self.data.shape) != (n, kp // 2):
+            raise ValueError(f"NVFP4Weight.data must be uint8 of shape (N, {kp // 2}) for in_features="
+                             f"{self.in_features}, got {self.data.dtype} {tuple(self.data.shape)}")
+        if self.block_scale.dtype != torch.float8_e4m3fn or tuple(self.block_scale.shape) != (n, kp // 16):
+            raise ValueError(f"NVFP4Weight.block_scale must be float8_e4m3fn of shape ({n}, {kp // 16}), got "
+                             f"{self.block_scale.dtype} {tuple(self.block_scale.shape)}")
+        if self.global_scale.dtype != torch.float32 or self.global_scale.numel() != 1:
+            raise ValueError(f"NVFP4Weight.global_scale must be a 1-element float32 tensor, got "
+                             f"{self.global_scale.dtype} {tuple(self.global_scale.shape)}")
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> "NVFP4Weight":
+        data, block_scale, g = naive.quantize_weight(weight)
+        return cls(data.contiguous(), block_scale.contiguous(), g.reshape(()), weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return self.data.shape[0]
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32 ``[N, K]``."""
+        return naive.dequantize(self.data, self.block_scale, self.global_scale, self.in_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() + self.block_scale.numel() + 4
+
+
+def nvfp4_dequantize(qweight: NVFP4Weight, dtype: torch.dtype = torch.bfloat16, backend: str = "auto"
+                     ) -> torch.Tensor:
+    """``[N, K]`` weight in ``dtype``: the Triton kernel (``"triton"``, or ``"auto"`` on CUDA) or torch (``"torch"``)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: auto, triton, torch")
+    dev = qweight.data.device
+    if backend == "auto":
+        backend = "triton" if dev.type == "cuda" and triton_available(dev) else "torch"
+    if backend == "torch":
+        return qweight.dequantize().to(dtype)
+    if not triton_available(dev):
+        raise ValueError(f"backend='triton' cannot launch on {dev}: it needs a CUDA GPU, or TRITON_INTERPRET=1")
+    n, k = qweight.out_features, qweight.in_features
+    out = torch.empty((n, k), dtype=dtype, device=dev)
+    block_n, block_k = (64, 64) if triton_interpreting() else (32, 256)
+    g = qweight.global_scale.reshape(1)
+    kernels().nvfp4_dequant_kernel[(-(-n // block_n), -(-k // block_k))](
+        qweight.data, qweight.block_scale, g, out, n, k, qweight.data.stride(0), qweight.data.stride(1),
+        qweight.block_scale.stride(0), qweight.block_scale.stride(1), out.stride(0), out.stride(1),
+        BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return out
+
+
+def _blocks(m: int) -> dict:
+    if triton_interpreting():
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8)
+    if m <= 64:
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+def nvfp4_linear(x: torch.Tensor, qweight: NVFP4Weight, bias: torch.Tensor | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """``F.linear`` with an NVFP4 weight, activations in high precision (W4A16).
+
+    Args:
+        x: ``[..., K]`` (fp32 / bf16 / fp16); the output has ``x``'s dtype.
+        qweight: :class:`NVFP4Weight` of an ``nn.Linear`` weight ``[N, K]``.
+        bias: ``[N]`` or ``None``.
+        backend: ``"auto"``, ``"triton"``, ``"dequant"`` or ``"torch"`` (module docstring).
+
+    Returns:
+        ``[..., N]`` in ``x.dtype``; NaN/Inf in ``x`` propagate as in a plain matmul.
+
+    Example::
+
+        w = NVFP4Weight.from_float(linear.weight)     # 4.5 bits per weight
+        y = nvfp4_linear(x, w, linear.bias)          # ≈ linear(x), SQNR ≈ 20 dB on Gaussian weights
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    if x.shape[-1] != qweight.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dim but the weight expects {qweight.in_features}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    n = qweight.out_features
+    if backend == "auto":
+        if x.device.type == "cuda" and triton_available(x.device):
+            backend = "dequant" if x2.shape[0] >= DEQUANT_MIN_M else "triton"
+        else:
+            backend = "torch"
+    if backend in ("torch", "dequant"):
+        w = nvfp4_dequantize(qweight, x.dtype, backend="triton" if backend == "dequant" else "torch")
+        y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
+        return y.reshape(*lead, n)
+    if not triton_available(x.device):
+        raise ValueError(f"backend='triton' cannot launch on {x.device}: it needs a CUDA GPU, or TRITON_INTERPRET=1")
+    m, k = x2.shape
+    c = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return c.reshape(*lead, n)
+    blocks = _blocks(m)
+    grid = (-(-m // blocks["BLOCK_M"]) * -(-n // blocks["BLOCK_N"]),)
+    dot_f32 = triton_interpreting() or x.dtype == torch.float32  # the interpreter's bf16 tl.dot is wrong
+    g = qweight.global_scale.reshape(1)
+    kernels().nvfp4_w4a16_kernel[grid](
+        x2, qweight.data, qweight.block_scale, g, bias if bias is not None else g, c,
+        m, n, k, x2.stride(0), x2.stride(1), qweight.data.stride(0), qweight.data.stride(1),
+        qweight.block_scale.stride(0), qweight.block_scale.stride(1), c.stride(0), c.stride(1),
+        HAS_BIAS=bias is not None, DOT_F32=dot_f32, **blocks,
+    )
+    return c.reshape(*lead, n)
