@@ -88,3 +88,11 @@ def test_bench_cli_writes_reports(tmp_path):
     assert [row["name"] for row in data["rows"]] == ["baseline", "diffusers-fbc:0.2"]
     r = vidaccel("bench", "--config", "warp9")
     assert r.returncode == 2 and "--config='warp9' is not known" in r.stderr
+
+
+def test_linearize_cli_bad_arguments(capsys):
+    from vidaccel.cli import main
+
+    assert main(["linearize", "--prompt", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "Traceback" not in err

@@ -179,10 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--head-dim", type=_int_at_least("--head-dim", 1), default=128)
     cv.set_defaults(func=cmd_convert)
 
-    tr = sub.add_parser("train-embedded", help="reproduce the embedded shapes models (CPU, resumable)",
-                        add_help=False)
-    tr.add_argument("rest", nargs=argparse.REMAINDER)
-    tr.set_defaults(func=cmd_train_embedded)
+    # Listed for `vidaccel --help`; their arguments are parsed by their own modules (see main()).
+    sub.add_parser("linearize", help="select and distil linear-attention layers (LinVideo); writes an adapter")
+    sub.add_parser("train-embedded", help="reproduce the embedded shapes models (CPU, resumable)")
     return parser
 
 
@@ -396,15 +395,29 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_train_embedded(args) -> int:
+def _linearize(argv: list[str]) -> int:
+    from .accel.linear_attention import main_linearize
+
+    return main_linearize(argv)
+
+
+def _train_embedded(argv: list[str]) -> int:
     from .models.train import main as train_main
 
-    return train_main(args.rest)
+    return train_main(argv)
+
+
+#: Subcommands whose own modules parse their arguments.
+_PASSTHROUGH = {"linearize": _linearize, "train-embedded": _train_embedded}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # transformers' import-time notices (e.g. about torchvision) are noise on a command line.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return _PASSTHROUGH[argv[0]](argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

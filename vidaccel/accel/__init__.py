@@ -3,6 +3,7 @@
 from .base import Technique, register_technique
 from .caching import CacheConfig
 from .kv_cache import RollingKVCache
+from .linear_attention import LinearAttentionConfig, linearize
 from .quantization import QuantConfig, load_quantized, load_quantized_transformer, quant_report, save_quantized
 from .sliding_window import SlidingWindowConfig
 
@@ -17,4 +18,6 @@ __all__: list[str] = [
     "load_quantized_transformer",
     "quant_report",
     "RollingKVCache",
+    "LinearAttentionConfig",
+    "linearize",
 ]
