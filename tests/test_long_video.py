@@ -214,3 +214,20 @@ def test_long_cli_bad_arguments_exit_2(args, needle, capsys):
     assert main(["long", "a red circle", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_composes_with_quantization(pipe):
+    import vidaccel
+    from vidaccel import QuantConfig
+
+    kw = dict(KW, num_frames=21)
+    base = pipe("a red circle", **kw)
+    vidaccel.apply(pipe, QuantConfig(format="fp8"))
+    try:
+        quant = pipe("a red circle", **kw)
+        assert vidaccel.stats(pipe)["quant"]["transformer"]["layers"]
+        assert quant.frames.shape == base.frames.shape and np.isfinite(quant.frames).all()
+        assert not np.array_equal(quant.frames, base.frames)
+    finally:
+        vidaccel.remove(pipe)
+    np.testing.assert_array_equal(pipe("a red circle", **kw).frames, base.frames)
