@@ -107,8 +107,11 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "caching"))
     args = ap.parse_args()
 
+    from vidaccel.models import EMBEDDED_DEFAULTS
+
     pipe = vidaccel.load_pipeline(args.model)
-    kwargs = dict(pipe.vidaccel_model["defaults"])
+    # a folder holding a (re)trained shapes model runs at the embedded model's settings
+    kwargs = dict(pipe.vidaccel_model["defaults"] or EMBEDDED_DEFAULTS["shapes-t2v"])
     if args.steps:
         kwargs["num_inference_steps"] = args.steps
     prompts = PROMPTS[:2] if args.quick else PROMPTS
