@@ -22,10 +22,10 @@ def vidaccel(*args, cwd=None):
 def test_generate_writes_mp4_with_requested_size(tmp_path):
     out = tmp_path / "clip.mp4"
     r = vidaccel("generate", "a red circle moving right on a black background", "-o", str(out),
-                 "--frames", "9", "--height", "64", "--width", "48", "--steps", "2", "--seed", "3")
+                 "--frames", "9", "--height", "64", "--width", "96", "--steps", "2", "--seed", "3")
     assert r.returncode == 0, r.stderr
     frames = read_video(out)
-    assert frames.shape == (9, 64, 48, 3)
+    assert frames.shape == (9, 64, 96, 3)
     assert "wrote" in r.stdout and "denoise" in r.stdout and "accelerated" in r.stdout
 
 
@@ -61,6 +61,20 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args,
 def test_bad_argument_real_exit_code():
     r = vidaccel("generate", "a red circle", "--frames", "12")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_size_off_the_model_grid_is_refused(tmp_path, capsys):
+    from vidaccel.cli import main
+    from vidaccel.loading import load_pipeline
+    from vidaccel.specs import spec_for
+
+    pipe = load_pipeline("embedded", device="cpu")
+    multiple = pipe.vae_scale_factor_spatial * spec_for(pipe.transformer).patch_size(pipe.transformer)[1]
+    bad = multiple + 16 if multiple > 16 else None
+    if bad is None:
+        pytest.skip("this embedded model accepts every multiple of 16")
+    assert main(["generate", "a red circle", "--width", str(bad), "-o", str(tmp_path / "x.mp4")]) == 2
+    assert f"--width={bad} is not allowed for this model: it must be a multiple of {multiple}" in capsys.readouterr().err
 
 
 def test_info_lists_versions_and_backends():

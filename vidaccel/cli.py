@@ -231,7 +231,15 @@ def cmd_generate(args) -> int:
         if unknown:
             print(f"note: the embedded model does not know these words: {', '.join(unknown)}", file=sys.stderr)
     kwargs = _call_kwargs(args, pipe)
-    spec = spec_for(pipeline_transformers(pipe)[0][1])
+    model = pipeline_transformers(pipe)[0][1]
+    spec = spec_for(model)
+    # diffusers silently rounds sizes down to the model's patch grid; refuse instead of surprising the user.
+    multiple = pipe.vae_scale_factor_spatial * spec.patch_size(model)[1]
+    for name in ("height", "width"):
+        value = kwargs.get(name)
+        if value is not None and value % multiple:
+            raise CliError(f"--{name}={value} is not allowed for this model: it must be a multiple of {multiple} "
+                           f"(VAE x{pipe.vae_scale_factor_spatial} times patch {spec.patch_size(model)[1]})")
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(prompt=args.prompt, generator=generator, output_type="np", **kwargs)
     frames = result.frames[0]
