@@ -1,0 +1,162 @@
+"""The shipped embedded models: layout, size, offline loading, generation, block-causal attention."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vidaccel.eval import shapes_score, shapes_score_segments  # noqa: E402
+from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR, embedded_path  # noqa: E402
+from vidaccel.models.causal import (  # noqa: E402
+    CausalConfig,
+    apply_block_causal,
+    block_causal_mask,
+    chunk_pixel_bounds,
+    generate_ar_recompute,
+    load_shapes_ar,
+    remove_block_causal,
+)
+from vidaccel.models.shapes import heldout_prompts, vocabulary_words  # noqa: E402
+
+LAYOUT = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@pytest.fixture(scope="module")
+def t2v():
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(embedded_path("shapes-t2v")), dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def ar():
+    pipe = load_shapes_ar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_layout_and_size():
+    total = 0
+    for name in ("shapes-t2v", "shapes-ar"):
+        folder = embedded_path(name)
+        for item in LAYOUT:
+            assert (folder / item).exists(), (name, item)
+        assert not list(folder.rglob("*.bin")) and list(folder.rglob("*.safetensors"))
+        total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert total <= 30e6, total
+    cfg = CausalConfig.load(embedded_path("shapes-ar"))
+    assert cfg.window_frames % cfg.chunk_frames == 0
+    with pytest.raises(ValueError, match="allowed"):
+        embedded_path("nope")
+
+
+def test_defaults_are_complete():
+    d = EMBEDDED_DEFAULTS["shapes-t2v"]
+    assert d["height"] >= 128 and d["width"] >= 128 and d["num_frames"] >= 17
+    assert d["guidance_scale"] > 1.0 and d["num_inference_steps"] >= 1
+    info = json.loads((embedded_path("shapes-t2v") / "training_info.json").read_text())
+    assert info["config"]["max_sequence_length"] == d["max_sequence_length"]
+
+
+def test_tokenizer_has_one_token_per_word(t2v):
+    tok = t2v.tokenizer
+    for w in vocabulary_words():
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, w
+    ids = tok("a red circle moving right on a black background").input_ids
+    assert len(ids) == 10 and ids[-1] == tok.eos_token_id
+
+
+def test_model_sizes(t2v):
+    n = sum(p.numel() for p in t2v.transformer.parameters())
+    assert 5e6 <= n <= 30e6, n
+    assert t2v.transformer.dtype == torch.float32
+
+
+def test_t2v_generates_the_prompt(t2v):
+    prompt, seed = heldout_prompts(24)[1]
+    out = t2v(prompt, output_type="np", generator=torch.Generator().manual_seed(seed), **EMBEDDED_DEFAULTS["shapes-t2v"])
+    video = out.frames[0]
+    assert video.shape == (17, 128, 128, 3) and np.isfinite(video).all()
+    s = shapes_score(video, prompt)
+    # the shipped model reliably follows the background word (see MODEL_CARD.md for the measured
+    # colour / motion adherence, which is below the project's bars)
+    assert s["background"] >= 0.9, s
+    bg = prompt.split(" on a ")[1].split()[0]
+    for other in ("black", "gray", "navy"):
+        if other != bg:
+            assert shapes_score(video, prompt.replace(f"on a {bg}", f"on a {other}"))["background"] < 0.3
+
+
+def test_block_causal_mask():
+    m = block_causal_mask(12, tokens_per_frame=2, chunk_frames=2)
+    assert m.shape == (12, 12)
+    assert m[:4, :4].all() and not m[:4, 4:].any()
+    assert m[4:8, :8].all() and not m[4:8, 8:].any()
+    assert m[8:].all()
+    with pytest.raises(ValueError):
+        block_causal_mask(13, 2, 2)
+
+
+def test_block_causal_attention_ignores_the_future(ar):
+    tr = ar.transformer
+    cfg = ar.causal_config
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 3 * cfg.chunk_frames, 16, 16)
+    text = torch.randn(1, 32, tr.config.text_dim)
+    y = x.clone()
+    y[:, :, -cfg.chunk_frames:] = torch.randn_like(y[:, :, -cfg.chunk_frames:])
+    t = torch.full((1,), 500.0)
+    with torch.no_grad():
+        a = tr(hidden_states=x, timestep=t, encoder_hidden_states=text).sample
+        b = tr(hidden_states=y, timestep=t, encoder_hidden_states=text).sample
+        head = 2 * cfg.chunk_frames
+        torch.testing.assert_close(a[:, :, :head], b[:, :, :head], rtol=1e-4, atol=1e-4)
+        assert (a[:, :, head:] - b[:, :, head:]).abs().max() > 1e-3
+        # without the causal processors the first chunks do see the last one
+        remove_block_causal(tr)
+        try:
+            c = tr(hidden_states=x, timestep=t, encoder_hidden_states=text).sample
+            d = tr(hidden_states=y, timestep=t, encoder_hidden_states=text).sample
+            assert (c[:, :, :head] - d[:, :, :head]).abs().max() > 1e-3
+        finally:
+            apply_block_causal(tr, cfg.chunk_frames)
+
+
+def test_ar_chunk_loop_extends_the_video(ar):
+    prompt, seed = heldout_prompts(24)[3]
+    kw = {**EMBEDDED_DEFAULTS["shapes-ar"], "num_inference_steps": 10}
+    video = generate_ar_recompute(ar, prompt, 4, seed=seed, **kw)
+    n_lat = 4 * ar.causal_config.chunk_frames
+    assert video.shape == (1 + 4 * (n_lat - 1), 128, 128, 3) and np.isfinite(video).all()
+    segs = shapes_score_segments(video, prompt, chunk_pixel_bounds(4, ar.causal_config.chunk_frames))
+    assert segs[0]["background"] >= 0.8 and segs[-1]["background"] >= 0.8, segs
+    # deterministic from the seed
+    again = generate_ar_recompute(ar, prompt, 2, seed=seed, **kw)
+    np.testing.assert_allclose(again[:5], video[:5], atol=1e-4)
+
+
+def test_train_config_validation():
+    from vidaccel.models.train import TrainConfig
+
+    with pytest.raises(ValueError, match="short_frames"):
+        TrainConfig(short_frames=16)
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes={"gan": 3})
+    with pytest.raises(ValueError, match="window_frames"):
+        TrainConfig(window_frames=5, chunk_frames=2)
+
+
+def test_fresh_tokenizer_matches_shipped(t2v):
+    from vidaccel.models.train import build_tokenizer
+
+    tok = build_tokenizer()
+    p = "a red circle moving quickly left and a blue square staying still on a navy background"
+    assert tok(p).input_ids == t2v.tokenizer(p).input_ids
+    assert tok("a purple cat").input_ids != t2v.tokenizer("a red cat").input_ids

@@ -1,0 +1,141 @@
+"""Validation of the adherence score on ground-truth shapes-world videos."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidaccel.eval import ASPECTS, color_match, mean_scores, shapes_score, shapes_score_segments, to_frames
+from vidaccel.models.causal import chunk_pixel_bounds
+from vidaccel.models.shapes import BACKGROUNDS, COLORS, SHAPES, core_prompt, heldout_prompts, parse_prompt, render_video
+
+KEYS = set(ASPECTS) | {"overall"}
+
+
+@pytest.fixture(scope="module")
+def heldout_gt():
+    return [(p, render_video(p, num_frames=17, seed=s, texture=None)) for p, s in heldout_prompts(24)]
+
+
+def test_ground_truth_scores_high(heldout_gt):
+    scores = [shapes_score(v, p) for p, v in heldout_gt]
+    for s in scores:
+        assert set(s) == KEYS
+        assert all(0.0 <= x <= 1.0 and np.isfinite(x) for x in s.values())
+    m = mean_scores(scores)
+    assert m["overall"] >= 0.95, m
+    assert min(s["overall"] for s in scores) >= 0.9
+
+
+def _swap(prompt, field, table):
+    spec = parse_prompt(prompt).objects[0]
+    cur = getattr(spec, field)
+    return [w for w in table if w != cur]
+
+
+def test_wrong_color_scores_lower_on_color(heldout_gt):
+    for p, v in heldout_gt[:8]:
+        good = shapes_score(v, p)
+        spec = parse_prompt(p)
+        for c in _swap(p, "color", COLORS):
+            bad = shapes_score(v, core_prompt(c, spec.objects[0].shape, spec.objects[0].direction, spec.background))
+            assert bad["color"] < 0.2 < 0.9 < good["color"], (p, c, bad)
+            assert bad["overall"] < good["overall"] - 0.15
+            # the other aspects do not depend on the colour word
+            assert bad["motion"] == pytest.approx(good["motion"]) and bad["shape"] == pytest.approx(good["shape"])
+
+
+def test_wrong_direction_scores_lower_on_motion(heldout_gt):
+    for p, v in heldout_gt[:8]:
+        good = shapes_score(v, p)
+        o = parse_prompt(p).objects[0]
+        for d in ("left", "right", "up", "down"):
+            if d == o.direction:
+                continue
+            bad = shapes_score(v, core_prompt(o.color, o.shape, d, parse_prompt(p).background))
+            assert bad["motion"] < 0.2 < 0.9 < good["motion"], (p, d, bad)
+            assert bad["color"] == pytest.approx(good["color"])
+
+
+def test_wrong_shape_and_background_score_lower(heldout_gt):
+    for p, v in heldout_gt[:6]:
+        good = shapes_score(v, p)
+        spec = parse_prompt(p)
+        o = spec.objects[0]
+        for s in SHAPES:
+            if s != o.shape:
+                assert shapes_score(v, core_prompt(o.color, s, o.direction, spec.background))["shape"] < good["shape"] - 0.5
+        for b in BACKGROUNDS:
+            if b != spec.background:
+                assert shapes_score(v, core_prompt(o.color, o.shape, o.direction, b))["background"] < good["background"] - 0.5
+
+
+def test_static_and_noise_videos_score_low():
+    p = "a red circle moving right on a black background"
+    still = np.repeat(render_video(p, num_frames=1, seed=0), 17, axis=0)
+    assert shapes_score(still, p)["motion"] < 0.05
+    noise = np.random.default_rng(0).random((17, 128, 128, 3)).astype(np.float32)
+    assert shapes_score(noise, p)["overall"] < 0.5
+    blank = np.zeros((17, 128, 128, 3), np.float32)
+    s = shapes_score(blank, p)
+    assert s["color"] == 0.0 and s["shape"] == 0.0 and s["motion"] == 0.0 and s["background"] > 0.9
+
+
+def test_staying_still_prompt():
+    p = "a white triangle staying still on a gray background"
+    v = render_video(p, num_frames=17, seed=3)
+    assert shapes_score(v, p)["overall"] >= 0.9
+    moving = render_video("a white triangle moving left on a gray background", num_frames=17, seed=3)
+    assert shapes_score(moving, p)["motion"] < 0.1
+
+
+def test_two_objects():
+    p = "a red circle moving right and a blue square moving down on a gray background"
+    v = render_video(p, num_frames=17, seed=11)
+    s = shapes_score(v, p)
+    assert s["overall"] >= 0.9, s
+    swapped = "a red circle moving down and a blue square moving right on a gray background"
+    assert shapes_score(v, swapped)["motion"] < s["motion"] - 0.5
+
+
+def test_input_formats_agree():
+    p = "a yellow square moving up on a navy background"
+    u8 = render_video(p, num_frames=9, seed=5)
+    f = u8.astype(np.float32) / 255.0
+    ref = shapes_score(u8, p)
+    for frames in (f, f[None], [Image.fromarray(x) for x in u8], list(u8)):
+        s = shapes_score(frames, p)
+        for k in KEYS:
+            assert s[k] == pytest.approx(ref[k], abs=1e-6)
+    torch = pytest.importorskip("torch")
+    assert shapes_score(torch.from_numpy(f), p)["overall"] == pytest.approx(ref["overall"], abs=1e-6)
+
+
+def test_nan_and_bad_shapes_raise():
+    p = "a yellow square moving up on a navy background"
+    f = render_video(p, num_frames=3, seed=5).astype(np.float32) / 255.0
+    f[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        shapes_score(f, p)
+    with pytest.raises(ValueError, match="shape"):
+        to_frames(np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match="cannot parse"):
+        shapes_score(np.zeros((3, 32, 32, 3)), "a cat")
+
+
+def test_segments_follow_bounces():
+    p = "a green triangle moving quickly left on a black background"
+    v = render_video(p, num_frames=69, seed=2)
+    bounds = chunk_pixel_bounds(9, 2)
+    assert bounds[0] == (0, 5) and bounds[-1] == (61, 69)
+    segs = shapes_score_segments(v, p, bounds)
+    assert len(segs) == 9
+    assert all(s["overall"] >= 0.9 for s in segs), [round(s["motion"], 2) for s in segs]
+    with pytest.raises(ValueError):
+        shapes_score_segments(v, p, [(60, 80)])
+
+
+def test_color_match_is_a_soft_classifier():
+    assert color_match(np.array([1.0, 0.0, 0.0]), "red", list(COLORS)) > 0.95
+    assert color_match(np.array([0.9, 0.1, 0.1]), "red", list(COLORS)) > 0.9
+    assert color_match(np.array([1.0, 0.5, 0.0]), "red", list(COLORS)) < 0.6  # orange is ambiguous
+    assert color_match(np.array([1.0, 1.0, 0.0]), "red", list(COLORS)) < 0.01

@@ -1,0 +1,177 @@
+"""Measure the embedded models against the bars of the shapes world.
+
+``python -m vidaccel.models.evaluate`` prints a table and writes ``benchmarks/RESULTS_embedded.md``
+and ``benchmarks/RESULTS_embedded.json``:
+
+- ground-truth ceiling: :func:`vidaccel.eval.shapes_score` of rendered videos for the 24 held-out
+  (prompt, seed) pairs of :func:`vidaccel.models.shapes.heldout_prompts` (seeds never used in
+  training), and of the same videos after a VAE round trip;
+- ``shapes-t2v``: the same 24 prompts generated with ``EMBEDDED_DEFAULTS["shapes-t2v"]`` and the
+  held-out seed as generator seed;
+- ``shapes-ar``: per-chunk adherence of ``generate_ar_recompute`` over ``--ar-chunks`` chunks
+  (first chunk + extensions) for the first ``--ar-prompts`` held-out prompts; the bar compares the
+  last chunk with the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidaccel.eval import ASPECTS, mean_scores, shapes_score, shapes_score_segments
+from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR
+from vidaccel.models.causal import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar
+from vidaccel.models.shapes import heldout_prompts, render_video
+
+logger = logging.getLogger(__name__)
+KEYS = ("overall",) + ASPECTS
+
+
+def _fmt(s: dict) -> str:
+    return " | ".join(f"{s[k]:.3f}" for k in KEYS)
+
+
+def evaluate_t2v(folder: Path, pairs, *, overrides: dict | None = None):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**EMBEDDED_DEFAULTS["shapes-t2v"], **(overrides or {})}
+    scores, vae_rt, times = [], [], []
+    for p, seed in pairs:
+        t = time.time()
+        out = pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed), **kw).frames[0]
+        times.append(time.time() - t)
+        scores.append(shapes_score(out, p))
+    # VAE round trip of the ground truth (the decoder's ceiling)
+    with torch.no_grad():
+        for p, seed in pairs:
+            gt = render_video(p, num_frames=kw["num_frames"], height=kw["height"], width=kw["width"], seed=seed)
+            x = torch.from_numpy(gt).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+            rec = ((rec[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
+            vae_rt.append(shapes_score(rec, p))
+    return scores, vae_rt, times
+
+
+def evaluate_ar(folder: Path, pairs, num_chunks: int, **kw):
+    pipe = load_shapes_ar(folder)
+    cfg = pipe.causal_config
+    bounds = chunk_pixel_bounds(num_chunks, cfg.chunk_frames)
+    res, gt_res = [], []
+    for p, seed in pairs:
+        t = time.time()
+        video = generate_ar_recompute(pipe, p, num_chunks, seed=seed, **{**EMBEDDED_DEFAULTS["shapes-ar"], **kw})
+        segs = shapes_score_segments(video, p, bounds)
+        res.append({"prompt": p, "seed": seed, "chunks": segs, "seconds": time.time() - t})
+        gt = render_video(p, num_frames=video.shape[0], seed=seed)
+        gt_res.append(shapes_score_segments(gt, p, bounds))
+    return res, gt_res, cfg
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vidaccel.models.evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=str(EMBEDDED_DIR), help="folder holding shapes-t2v/ and shapes-ar/")
+    ap.add_argument("--n", type=int, default=24, help="held-out prompts for shapes-t2v")
+    ap.add_argument("--ar-prompts", type=int, default=6)
+    ap.add_argument("--ar-chunks", type=int, default=9, help="chunks including the first (>= 9 = 8 extensions)")
+    ap.add_argument("--guidance", type=float, default=None, help="override guidance_scale (t2v and ar)")
+    ap.add_argument("--steps", type=int, default=None, help="override num_inference_steps (t2v)")
+    ap.add_argument("--skip-ar", action="store_true")
+    ap.add_argument("--out", default="benchmarks/RESULTS_embedded.md", help="markdown report ('' to skip)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(2)
+    models = Path(args.models)
+    pairs = heldout_prompts(args.n)
+    over = {}
+    if args.guidance is not None:
+        over["guidance_scale"] = args.guidance
+    if args.steps is not None:
+        over["num_inference_steps"] = args.steps
+
+    gt = [shapes_score(render_video(p, num_frames=17, seed=s), p) for p, s in pairs]
+    gt_m = mean_scores(gt)
+    t2v, vae_rt, times = evaluate_t2v(models / "shapes-t2v", pairs, overrides=over)
+    t2v_m, vae_m = mean_scores(t2v), mean_scores(vae_rt)
+    lines = [
+        f"# Embedded shapes models: adherence ({_dt.date.today().isoformat()})",
+        "",
+        f"Command: `python -m vidaccel.models.evaluate{' ' + ' '.join(argv) if argv else ''}`; "
+        f"machine: {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        f"shapes-t2v settings: {json.dumps({**EMBEDDED_DEFAULTS['shapes-t2v'], **over})}",
+        "",
+        f"## shapes-t2v on {len(pairs)} held-out prompts of the core form (held-out seeds)",
+        "",
+        "| videos | overall | color | shape | motion | background |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| ground truth (ceiling) | {_fmt(gt_m)} |",
+        f"| ground truth through the VAE | {_fmt(vae_m)} |",
+        f"| shapes-t2v generated | {_fmt(t2v_m)} |",
+        "",
+        f"Bars: overall >= 0.8, colour >= 0.9, motion >= 0.75. Mean generation time per video (warm, "
+        f"{EMBEDDED_DEFAULTS['shapes-t2v']['num_inference_steps']} steps, CFG): {np.mean(times):.2f} s.",
+        "",
+        "| prompt | seed | overall | color | shape | motion | background |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {p} | {s} | {_fmt(sc)} |" for (p, s), sc in zip(pairs, t2v)]
+    report = {"gt": gt_m, "vae_roundtrip": vae_m, "t2v": t2v_m, "t2v_per_prompt": t2v, "t2v_seconds": times, "settings": over}
+    print("\n".join(lines[:14]))
+    if not args.skip_ar:
+        ar, ar_gt, cfg = evaluate_ar(models / "shapes-ar", pairs[: args.ar_prompts], args.ar_chunks, **({"guidance_scale": args.guidance} if args.guidance else {}))
+        first = mean_scores([r["chunks"][0] for r in ar])
+        last = mean_scores([r["chunks"][-1] for r in ar])
+        all_chunks = mean_scores([c for r in ar for c in r["chunks"]])
+        gt_first = mean_scores([g[0] for g in ar_gt])
+        gt_last = mean_scores([g[-1] for g in ar_gt])
+        diffs = [abs(r["chunks"][-1]["overall"] - r["chunks"][0]["overall"]) for r in ar]
+        n_lat = args.ar_chunks * cfg.chunk_frames
+        ar_lines = [
+            "",
+            f"## shapes-ar: {args.ar_chunks} chunks ({cfg.chunk_frames} latent frames each; {n_lat} latent / "
+            f"{1 + 4 * (n_lat - 1)} pixel frames), history window {cfg.window_frames} latent frames, recomputed every step",
+            "",
+            f"{len(ar)} held-out prompts; settings {json.dumps(EMBEDDED_DEFAULTS['shapes-ar'])}",
+            "",
+            "| chunks | overall | color | shape | motion | background |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| first chunk | {_fmt(first)} |",
+            f"| last chunk | {_fmt(last)} |",
+            f"| all chunks | {_fmt(all_chunks)} |",
+            f"| ground truth, first chunk | {_fmt(gt_first)} |",
+            f"| ground truth, last chunk | {_fmt(gt_last)} |",
+            "",
+            f"Bar: last chunk within 0.1 of the first (overall). Mean overall last - first: "
+            f"{last['overall'] - first['overall']:+.3f}; per prompt |last - first|: "
+            f"{', '.join(f'{d:.3f}' for d in diffs)} (max {max(diffs):.3f}). "
+            f"Mean time per {args.ar_chunks}-chunk video: {np.mean([r['seconds'] for r in ar]):.1f} s.",
+            "",
+            "Per-chunk overall (each row one prompt):",
+            "",
+        ]
+        ar_lines += [f"- {r['prompt']} (seed {r['seed']}): " + " ".join(f"{c['overall']:.2f}" for c in r["chunks"]) for r in ar]
+        lines += ar_lines
+        print("\n".join(ar_lines))
+        report.update({"ar_first": first, "ar_last": last, "ar_all": all_chunks, "ar_abs_diffs": diffs, "ar_per_prompt": ar,
+                       "ar_gt_first": gt_first, "ar_gt_last": gt_last})
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
+        logger.info("wrote %s and %s", out, out.with_suffix(".json"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

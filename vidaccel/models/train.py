@@ -1,0 +1,784 @@
+"""Train the embedded ``shapes-t2v`` and ``shapes-ar`` models from scratch on CPU.
+
+One command reproduces the shipped weights (``vidaccel train-embedded`` or
+``python -m vidaccel.models.train``). Stages, each resumable from checkpoints in the work dir
+(default ``~/.cache/vidaccel/train``):
+
+1. ``vae``      -- train a small ``AutoencoderKLWan`` (2x2 patchify + two 2x stages: 8x spatial,
+                   4x temporal, z=16) on random 9-frame clips (48x48 crops) of the shapes world;
+                   set ``latents_mean/std`` from data.
+2. ``latents``  -- render training clips (17-frame T2V clips and 49-frame long clips, seeds below
+                   :data:`~vidaccel.models.shapes.HELDOUT_SEED_BASE`) and encode them once.
+2b. ``vae_dec`` -- fine-tune only the VAE decoder (encoder frozen, so the latents stay valid) for
+                   sharper reconstructions. Independent of 3-4 (can run alongside them).
+3. ``t2v``      -- train a ``WanTransformer3DModel`` (patch (1, 4, 4): 16 tokens per latent frame)
+                   with flow matching (x_t = (1 - s) x0 + s eps, target eps - x0, timestep = 1000 s,
+                   s = shifted-uniform with shift 3) and 10 % text dropout for CFG. Text embeddings come
+                   from the pipeline's own ``encode_prompt`` (frozen, randomly initialised UMT5).
+4. ``ar``       -- start from the T2V weights, make self-attention block-causal over chunks of 2
+                   latent frames and train with diffusion forcing (independent noise level per chunk,
+                   per-token timesteps) on 6-latent-frame windows of the long clips.
+5. ``export``   -- save both as ``WanPipeline`` folders (float16 safetensors) + ``causal_config.json``.
+
+Each training stage stops at ``max_steps`` or at its time budget (``--minutes``), whichever first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vidaccel.models.causal import CausalConfig, apply_block_causal, remove_block_causal
+from vidaccel.models.shapes import (
+    HELDOUT_SEED_BASE,
+    plan_scene,
+    random_prompt,
+    render_plan,
+    vocabulary_words,
+)
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("vae", "latents", "vae_dec", "t2v", "ar", "export")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the embedded models. Budgets are wall-clock minutes per stage."""
+
+    workdir: str = str(Path.home() / ".cache" / "vidaccel" / "train")
+    out_dir: str = str(Path(__file__).resolve().parent / "embedded")
+    seed: int = 0
+    threads: int = 2
+    height: int = 128
+    width: int = 128
+    # data
+    n_short: int = 1200  # 17-frame clips (T2V)
+    n_long: int = 240  # 49-frame clips (AR windows; their 17-frame prefix also feeds T2V)
+    short_frames: int = 17
+    long_frames: int = 49
+    # VAE
+    vae_steps: int = 1250
+    vae_batch: int = 16
+    vae_crop: int = 48
+    vae_frames: int = 9  # 3 latent frames: the decoder must see its steady-state causal cache
+    vae_lr: float = 1.5e-3
+    vae_kl: float = 1e-4
+    vae_noise: float = 0.05
+    vae_dec_steps: int = 1000  # decoder-only fine-tuning on the frozen encoder's latents
+    vae_dec_lr: float = 5e-4
+    vae_dec_frames: int = 17
+    vae_dec_batch: int = 8
+    # transformer (shared by T2V and AR)
+    dim_heads: int = 4
+    head_dim: int = 64
+    ffn_dim: int = 640
+    layers: int = 6
+    text_dim: int = 64
+    max_sequence_length: int = 32
+    t2v_steps: int = 3200
+    ar_steps: int = 600
+    batch: int = 16
+    lr: float = 6e-4
+    ema: float = 0.995
+    cfg_dropout: float = 0.1
+    long_pad_prob: float = 0.05  # fraction of batches whose text is zero-padded to 512 (robustness)
+    train_shift: float = 3.0
+    flow_shift: float = 3.0
+    # AR
+    chunk_frames: int = 2
+    window_frames: int = 6
+    # budgets (minutes) and checkpoints
+    minutes: dict = field(default_factory=lambda: {"vae": 36.0, "vae_dec": 32.0, "t2v": 48.0, "ar": 14.0})
+    ckpt_minutes: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_short", "n_long", "vae_steps", "t2v_steps", "ar_steps", "batch", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}; allowed: >= 1")
+        for name in ("short_frames", "long_frames"):
+            v = getattr(self, name)
+            if v % 4 != 1:
+                raise ValueError(f"TrainConfig.{name}={v}; allowed: 1 + 4k (Wan VAE temporal factor 4)")
+        if self.height % 32 or self.width % 32:
+            raise ValueError(f"TrainConfig.height/width={self.height}x{self.width}; allowed: multiples of 32")
+        lat_long = (self.long_frames - 1) // 4 + 1
+        if self.window_frames > lat_long:
+            raise ValueError(f"TrainConfig.window_frames={self.window_frames} > latent frames of long clips {lat_long}")
+        bad = set(self.minutes) - {"vae", "vae_dec", "t2v", "ar"}
+        if bad:
+            raise ValueError(f"TrainConfig.minutes has unknown stages {sorted(bad)}; allowed: vae, vae_dec, t2v, ar")
+        CausalConfig(chunk_frames=self.chunk_frames, window_frames=self.window_frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------
+
+
+def build_tokenizer():
+    """A T5 (Unigram) tokenizer with one piece per vocabulary word and per-character fallback pieces.
+
+    Word pieces score -1, characters -10, so every vocabulary word is exactly one token; other words
+    split into characters (or ``<unk>``).
+    """
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + w, -1.0) for w in vocabulary_words()]
+    pieces += [("\u2581", -5.0)]
+    pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_text_encoder(vocab_size: int, text_dim: int, seed: int):
+    """A small UMT5 encoder at a seeded random init (kept frozen: distinct words give distinct,
+    contextual embeddings and the transformer learns to read them)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed + 17)
+    cfg = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=text_dim,
+        d_kv=16,
+        d_ff=4 * text_dim,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+    )
+    return UMT5EncoderModel(cfg).eval()
+
+
+def build_vae():
+    from diffusers import AutoencoderKLWan
+
+    # Wan 2.2-style 2x2 pixel patchify, then two 2x down stages (both also 2x in time):
+    # 8x spatial, 4x temporal overall; the convs never run at full resolution (5x cheaper on CPU).
+    return AutoencoderKLWan(
+        base_dim=16,
+        z_dim=16,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=8,
+        scale_factor_temporal=4,
+    )
+
+
+def build_transformer(cfg: TrainConfig):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 4, 4),
+        num_attention_heads=cfg.dim_heads,
+        attention_head_dim=cfg.head_dim,
+        in_channels=16,
+        out_channels=16,
+        text_dim=cfg.text_dim,
+        freq_dim=256,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=64,
+    )
+
+
+def build_scheduler(cfg: TrainConfig):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=cfg.flow_shift, num_train_timesteps=1000
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _video_tensor(frames_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> float [3, F, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames_u8).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _clip_list(cfg: TrainConfig, kind: str) -> list[tuple[str, int]]:
+    """Deterministic (prompt, seed) pairs for training clips; seeds < HELDOUT_SEED_BASE."""
+    n = cfg.n_short if kind == "short" else cfg.n_long
+    rng = np.random.default_rng([cfg.seed, 1 if kind == "short" else 2])
+    out = []
+    for i in range(n):
+        p = random_prompt(rng, p_core=0.75, p_two=0.08)
+        s = int(rng.integers(HELDOUT_SEED_BASE // 2)) + (0 if kind == "short" else HELDOUT_SEED_BASE // 2)
+        out.append((p, s))
+    return out
+
+
+class _Budget:
+    def __init__(self, minutes: float | None, elapsed: float = 0.0):
+        self.limit = None if minutes is None else minutes * 60.0
+        self.start = time.time() - elapsed
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def over(self) -> bool:
+        return self.limit is not None and self.elapsed > self.limit
+
+
+def _sample_sigma(gen: torch.Generator, shape, shift: float) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+class _EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = (step - warmup) / max(total - warmup, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs the stages of :func:`train_embedded`; state lives in ``cfg.workdir``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = True):
+        self.cfg = cfg
+        self.work = Path(cfg.workdir).expanduser()
+        if not resume and self.work.exists():
+            logger.info("--no-resume: removing %s", self.work)
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(cfg.threads)
+        self.timings: dict[str, float] = self._load_json("timings.json")
+        self.info: dict = self._load_json("info.json")
+        (self.work / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def _load_json(self, name: str) -> dict:
+        p = self.work / name
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def _save_json(self, name: str, obj: dict) -> None:
+        (self.work / name).write_text(json.dumps(obj, indent=2))
+
+    def _done(self, stage: str) -> bool:
+        return (self.work / f"{stage}.done").is_file()
+
+    def _mark_done(self, stage: str, seconds: float, **info) -> None:
+        self.timings[stage] = round(seconds, 1)
+        self.info[stage] = info
+        self._save_json("timings.json", self.timings)
+        self._save_json("info.json", self.info)
+        (self.work / f"{stage}.done").write_text("ok\n")
+
+    # -- text ---------------------------------------------------------------------------------
+    def text_parts(self):
+        d = self.work / "text"
+        from transformers import T5Tokenizer, UMT5EncoderModel
+
+        if not (d / "text_encoder").is_dir():
+            tok = build_tokenizer()
+            te = build_text_encoder(len(tok), self.cfg.text_dim, self.cfg.seed)
+            tok.save_pretrained(d / "tokenizer")
+            te.save_pretrained(d / "text_encoder")
+        tok = T5Tokenizer.from_pretrained(d / "tokenizer")
+        te = UMT5EncoderModel.from_pretrained(d / "text_encoder", dtype=torch.float32).eval()
+        return tok, te
+
+    def pipeline(self, transformer=None, vae=None):
+        from diffusers import WanPipeline
+
+        tok, te = self.text_parts()
+        if vae is None:
+            vae = self.load_vae()
+        return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=build_scheduler(self.cfg), transformer=transformer)
+
+    @torch.no_grad()
+    def embed_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """prompt -> [max_sequence_length, text_dim], exactly as ``WanPipeline.encode_prompt`` pads it."""
+        from diffusers import WanPipeline
+
+        tok, te = self.text_parts()
+        pipe = WanPipeline(tokenizer=tok, text_encoder=te, vae=None, scheduler=build_scheduler(self.cfg), transformer=None)
+        uniq = sorted(set(prompts) | {""})
+        out = {}
+        for i in range(0, len(uniq), 64):
+            batch = uniq[i : i + 64]
+            emb, _ = pipe.encode_prompt(
+                batch, do_classifier_free_guidance=False, max_sequence_length=self.cfg.max_sequence_length,
+                device=torch.device("cpu"), dtype=torch.float32,
+            )
+            for p, e in zip(batch, emb):
+                out[p] = e.clone()
+        return out
+
+    # -- stage 1: VAE -------------------------------------------------------------------------
+    def load_vae(self):
+        from diffusers import AutoencoderKLWan
+
+        return AutoencoderKLWan.from_pretrained(self.work / "vae_final", dtype=torch.float32).eval()
+
+    def _vae_batch(self, step: int, frames: int | None = None, batch: int | None = None):
+        cfg = self.cfg
+        frames = frames or cfg.vae_frames
+        rng = np.random.default_rng([cfg.seed, 10, step])
+        clips = []
+        for _ in range(batch or cfg.vae_batch):
+            p = random_prompt(rng, p_core=0.6, p_two=0.2)
+            plan = plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)), texture=None)
+            start = int(rng.integers(0, 64)) if rng.random() < 0.5 else 0
+            v = render_plan(plan, frames, start_frame=start)
+            c = cfg.vae_crop
+            if rng.random() < 0.8:  # crop around the first object
+                cx, cy = plan.positions(start + 1)[start, 0]
+                x0 = int(np.clip(cx - c / 2 + rng.integers(-c // 4, c // 4 + 1), 0, cfg.width - c))
+                y0 = int(np.clip(cy - c / 2 + rng.integers(-c // 4, c // 4 + 1), 0, cfg.height - c))
+            else:
+                x0 = int(rng.integers(0, cfg.width - c + 1))
+                y0 = int(rng.integers(0, cfg.height - c + 1))
+            clips.append(_video_tensor(v[:, y0 : y0 + c, x0 : x0 + c]))
+        return torch.stack(clips)
+
+    def stage_vae(self):
+        cfg = self.cfg
+        ck = self.work / "vae_ckpt.pt"
+        vae = build_vae()
+        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        step, elapsed = 0, 0.0
+        if ck.is_file():
+            st = torch.load(ck, weights_only=False)
+            vae.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            step, elapsed = st["step"], st["elapsed"]
+            logger.info("vae: resumed at step %d", step)
+        budget = _Budget(cfg.minutes.get("vae"), elapsed)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        last_ck = time.time()
+        vae.train()
+        bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
+        while step < cfg.vae_steps and not budget.over():
+            gen.manual_seed(cfg.seed * 1_000_003 + step)
+            x = self._vae_batch(step)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr, warmup=30)
+            post = vae.encode(x).latent_dist
+            # near-deterministic autoencoder: the posterior mean plus a small fixed noise (the
+            # posterior's own std starts at ~1 and would drown the signal for most of a short run);
+            # a light penalty on the mean keeps the latent scale bounded
+            z = post.mean + cfg.vae_noise * torch.randn(post.mean.shape, generator=gen)
+            y = vae.decode(z).sample
+            rec = (y - x).abs().mean() + F.mse_loss(y, x)
+            loss = rec + cfg.vae_kl * post.mean.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(rec=f"{rec.item():.4f}")
+            if time.time() - last_ck > cfg.ckpt_minutes * 60:
+                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+                last_ck = time.time()
+        bar.close()
+        if step < cfg.vae_steps:
+            logger.warning("vae: time budget reached at step %d/%d", step, cfg.vae_steps)
+        _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+        vae.eval()
+        # latent statistics on full-size clips -> latents_mean / latents_std
+        rng = np.random.default_rng([cfg.seed, 11])
+        zs = []
+        with torch.no_grad():
+            for _ in range(4):
+                vids = []
+                for _ in range(8):
+                    p = random_prompt(rng)
+                    vids.append(_video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)), texture=None), cfg.short_frames)))
+                zs.append(vae.encode(torch.stack(vids)).latent_dist.mode())
+        z = torch.cat(zs)
+        mean = z.mean(dim=(0, 2, 3, 4))
+        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+        vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean], latents_std=[round(float(v), 6) for v in std])
+        vae.save_pretrained(self.work / "vae_final")
+        self._mark_done("vae", budget.elapsed, steps=step, final_rec=float(rec.item()))
+
+    # -- stage 2b: decoder fine-tuning ---------------------------------------------------------
+    def stage_vae_dec(self):
+        """Fine-tune the decoder (and ``post_quant_conv``) with the encoder frozen: the latents the
+        transformer is trained on stay valid while reconstructions get sharper."""
+        cfg = self.cfg
+        ck = self.work / "vae_dec_ckpt.pt"
+        vae = self.load_vae()
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=cfg.vae_dec_lr, weight_decay=0.0)
+        step, elapsed = 0, 0.0
+        if ck.is_file():
+            st = torch.load(ck, weights_only=False)
+            vae.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            step, elapsed = st["step"], st["elapsed"]
+            logger.info("vae_dec: resumed at step %d", step)
+        budget = _Budget(cfg.minutes.get("vae_dec"), elapsed)
+        gen = torch.Generator()
+        last_ck = time.time()
+        vae.decoder.train()
+        bar = tqdm(total=cfg.vae_dec_steps, initial=step, desc="vae_dec", dynamic_ncols=True)
+        rec = torch.tensor(float("nan"))
+        while step < cfg.vae_dec_steps and not budget.over():
+            gen.manual_seed(cfg.seed * 1_000_033 + step)
+            # 17-frame clips (5 latent frames): the causal caches reach their steady state only
+            # from the 4th latent frame on, which 9-frame clips never show the decoder
+            x = self._vae_batch(100_000 + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg.vae_dec_steps, cfg.vae_dec_lr, warmup=20)
+            with torch.no_grad():
+                mean = vae.encode(x).latent_dist.mean
+            z = mean + cfg.vae_noise * torch.randn(mean.shape, generator=gen)
+            y = vae.decode(z).sample
+            rec = (y - x).abs().mean() + F.mse_loss(y, x)
+            opt.zero_grad(set_to_none=True)
+            rec.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(rec=f"{rec.item():.4f}")
+            if time.time() - last_ck > cfg.ckpt_minutes * 60:
+                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+                last_ck = time.time()
+        bar.close()
+        if step < cfg.vae_dec_steps:
+            logger.warning("vae_dec: time budget reached at step %d/%d", step, cfg.vae_dec_steps)
+        _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+        vae.eval()
+        tmp = self.work / "vae_final.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        vae.save_pretrained(tmp)
+        shutil.rmtree(self.work / "vae_final")
+        os.replace(tmp, self.work / "vae_final")
+        self._mark_done("vae_dec", budget.elapsed, steps=step, final_rec=float(rec.item()))
+
+    # -- stage 2: latents ---------------------------------------------------------------------
+    def stage_latents(self):
+        cfg = self.cfg
+        t0 = time.time()
+        vae = self.load_vae()
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        for kind, frames in (("short", cfg.short_frames), ("long", cfg.long_frames)):
+            path = self.work / f"latents_{kind}.pt"
+            clips = _clip_list(cfg, kind)
+            part = self.work / f"latents_{kind}.partial.pt"
+            done: list[torch.Tensor] = torch.load(part)["z"] if part.is_file() else []
+            n_done = sum(z.shape[0] for z in done)
+            if path.is_file():
+                continue
+            bs = 8
+            bar = tqdm(total=len(clips), initial=n_done, desc=f"encode {kind}", dynamic_ncols=True)
+            last = time.time()
+            with torch.no_grad():
+                for i in range(n_done, len(clips), bs):
+                    vids = [
+                        _video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=s, texture=None), frames))
+                        for p, s in clips[i : i + bs]
+                    ]
+                    z = vae.encode(torch.stack(vids)).latent_dist.mode()
+                    done.append(((z - mean) / std).to(torch.float16))
+                    bar.update(len(vids))
+                    if time.time() - last > 60:
+                        _atomic_save({"z": done}, part)
+                        last = time.time()
+            bar.close()
+            _atomic_save({"z": torch.cat(done), "prompts": [p for p, _ in clips], "seeds": [s for _, s in clips]}, path)
+            part.unlink(missing_ok=True)
+        self._mark_done("latents", time.time() - t0 + self.timings.get("latents", 0.0), n_short=cfg.n_short, n_long=cfg.n_long)
+
+    def _load_latents(self):
+        s = torch.load(self.work / "latents_short.pt")
+        l = torch.load(self.work / "latents_long.pt")
+        return s, l
+
+    # -- transformer training (shared by t2v and ar) ------------------------------------------
+    def _train_transformer(self, stage: str, init_state: dict | None):
+        cfg = self.cfg
+        short, long = self._load_latents()
+        lat_s, lat_l = short["z"], long["z"]
+        prompts_s, prompts_l = short["prompts"], long["prompts"]
+        emb = self.embed_prompts(prompts_s + prompts_l)
+        empty = emb[""]
+        model = build_transformer(cfg)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        causal = stage == "ar"
+        if causal:
+            apply_block_causal(model, cfg.chunk_frames)
+        total = cfg.t2v_steps if stage == "t2v" else cfg.ar_steps
+        lr = cfg.lr if stage == "t2v" else cfg.lr * 0.5
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+        ema = _EMA(model, cfg.ema)
+        ck = self.work / f"{stage}_ckpt.pt"
+        step, elapsed = 0, 0.0
+        if ck.is_file():
+            st = torch.load(ck, weights_only=False)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            ema.shadow = st["ema"]
+            step, elapsed = st["step"], st["elapsed"]
+            logger.info("%s: resumed at step %d", stage, step)
+        budget = _Budget(cfg.minutes.get(stage), elapsed)
+        gen = torch.Generator()
+        T = cfg.short_frames // 4 + 1  # latent frames of a T2V clip
+        W = cfg.window_frames
+        n_lat_long = lat_l.shape[2]
+        tpf = (lat_s.shape[3] // 4) * (lat_s.shape[4] // 4)
+        last_ck = time.time()
+        losses: list[float] = []
+        model.train()
+        bar = tqdm(total=total, initial=step, desc=stage, dynamic_ncols=True)
+
+        def save():
+            _atomic_save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "step": step, "elapsed": budget.elapsed}, ck
+            )
+
+        while step < total and not budget.over():
+            rng = np.random.default_rng([cfg.seed, 20 if stage == "t2v" else 30, step])
+            gen.manual_seed(cfg.seed * 7_000_003 + step + (0 if stage == "t2v" else 1 << 40))
+            B = cfg.batch
+            if not causal:
+                # T2V: 17-frame clips, short clips and the prefixes of long clips
+                idx = rng.integers(lat_s.shape[0] + lat_l.shape[0], size=B)
+                x0 = torch.stack([lat_s[i] if i < lat_s.shape[0] else lat_l[i - lat_s.shape[0], :, :T] for i in idx]).float()
+                ps = [prompts_s[i] if i < len(prompts_s) else prompts_l[i - len(prompts_s)] for i in idx]
+                sigma = _sample_sigma(gen, (B,), cfg.train_shift)
+                s_b = sigma.view(B, 1, 1, 1, 1)
+                timestep = sigma * 1000.0
+                loss_w = None
+            else:
+                idx = rng.integers(lat_l.shape[0], size=B)
+                offs = rng.integers(0, (n_lat_long - W) // cfg.chunk_frames + 1, size=B) * cfg.chunk_frames
+                offs = np.where(rng.random(B) < 0.3, 0, offs)  # the video start (1-pixel-frame latent) often
+                x0 = torch.stack([lat_l[i, :, o : o + W] for i, o in zip(idx, offs)]).float()
+                ps = [prompts_l[i] for i in idx]
+                n_chunks = W // cfg.chunk_frames
+                sig_c = _sample_sigma(gen, (B, n_chunks), cfg.train_shift)
+                # half the samples mimic generation: chunks before a random chunk j are (nearly) clean
+                j = torch.from_numpy(rng.integers(0, n_chunks, size=B))
+                clean = torch.arange(n_chunks)[None, :] < j[:, None]
+                mimic = torch.from_numpy(rng.random(B) < 0.5)[:, None] & clean
+                sig_c = torch.where(mimic, torch.rand((B, n_chunks), generator=gen) * 0.05, sig_c)
+                sig_f = sig_c.repeat_interleave(cfg.chunk_frames, dim=1)  # [B, W]
+                s_b = sig_f.view(B, 1, W, 1, 1)
+                timestep = (sig_f * 1000.0).repeat_interleave(tpf, dim=1)  # [B, W * tpf]
+                loss_w = (sig_f > 0.05).float().view(B, 1, W, 1, 1)
+            drop = rng.random(B) < cfg.cfg_dropout
+            text = torch.stack([empty if d else emb[p] for p, d in zip(ps, drop)])
+            if rng.random() < cfg.long_pad_prob:
+                text = F.pad(text, (0, 0, 0, 512 - text.shape[1]))
+            eps = torch.randn(x0.shape, generator=gen)
+            xt = (1 - s_b) * x0 + s_b * eps
+            target = eps - x0
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, lr)
+            pred = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+            if loss_w is None:
+                loss = F.mse_loss(pred, target)
+            else:
+                loss = ((pred - target) ** 2 * loss_w).sum() / (loss_w.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4]).clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model, step)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if step % 100 == 0:
+                logger.info("%s step %d loss(50) %.4f elapsed %.0fs", stage, step, np.mean(losses[-50:]), budget.elapsed)
+            if time.time() - last_ck > cfg.ckpt_minutes * 60:
+                save()
+                last_ck = time.time()
+        bar.close()
+        if step < total:
+            logger.warning("%s: time budget reached at step %d/%d", stage, step, total)
+        save()
+        if causal:
+            remove_block_causal(model)
+        final = build_transformer(cfg)
+        final.load_state_dict({k: v.to(final.state_dict()[k].dtype) for k, v in ema.shadow.items()})
+        final.save_pretrained(self.work / f"{stage}_final")
+        self._mark_done(stage, budget.elapsed, steps=step, final_loss=float(np.mean(losses[-50:])) if losses else None)
+
+    def stage_t2v(self):
+        self._train_transformer("t2v", None)
+
+    def stage_ar(self):
+        from diffusers import WanTransformer3DModel
+
+        init = WanTransformer3DModel.from_pretrained(self.work / "t2v_final", dtype=torch.float32).state_dict()
+        self._train_transformer("ar", init)
+
+    # -- stage 5: export ----------------------------------------------------------------------
+    def stage_export(self):
+        from diffusers import WanTransformer3DModel
+
+        t0 = time.time()
+        out = Path(self.cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, stage in (("shapes-t2v", "t2v"), ("shapes-ar", "ar")):
+            tr = WanTransformer3DModel.from_pretrained(self.work / f"{stage}_final", dtype=torch.float32)
+            pipe = self.pipeline(transformer=tr)
+            # float16 storage halves the size; the tiny text encoder stays float32 so that loading
+            # without a dtype (transformers keeps the stored dtype) still gives float32 embeddings
+            pipe.transformer.to(torch.float16)
+            pipe.vae.to(torch.float16)
+            dest = out / name
+            if dest.exists():
+                shutil.rmtree(dest)
+            pipe.save_pretrained(dest, safe_serialization=True)
+            if name == "shapes-ar":
+                CausalConfig(
+                    chunk_frames=self.cfg.chunk_frames,
+                    window_frames=self.cfg.window_frames,
+                    max_sequence_length=self.cfg.max_sequence_length,
+                ).save(dest)
+            (dest / "training_info.json").write_text(
+                json.dumps({"timings_s": self.timings, "info": self.info, "config": asdict(self.cfg)}, indent=2, default=str)
+            )
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        logger.info("exported to %s (%.1f MB)", out, size / 1e6)
+        self._mark_done("export", time.time() - t0, bytes=size)
+
+
+def train_embedded(
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = True,
+    workdir: str | Path | None = None,
+    minutes: dict | None = None,
+    stages: tuple[str, ...] = STAGES,
+    **overrides,
+) -> Path:
+    """Train both embedded models end to end and export them to ``out_dir``.
+
+    Args:
+        out_dir: where ``shapes-t2v/`` and ``shapes-ar/`` are written (default: the package's
+            ``vidaccel/models/embedded``).
+        resume: continue from the checkpoints in ``workdir`` (else start over).
+        minutes: per-stage wall-clock budgets, e.g. ``{"vae": 9, "t2v": 30, "ar": 16}``.
+        stages: subset of :data:`STAGES` to run (earlier stages must be done).
+        **overrides: any :class:`TrainConfig` field.
+
+    Returns:
+        ``out_dir``.
+    """
+    kw = dict(overrides)
+    if out_dir is not None:
+        kw["out_dir"] = str(out_dir)
+    if workdir is not None:
+        kw["workdir"] = str(workdir)
+    cfg = TrainConfig(**kw)
+    if minutes:
+        cfg.minutes = {**cfg.minutes, **minutes}
+        TrainConfig(**asdict(cfg))  # validate
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise ValueError(f"stages {sorted(bad)} unknown; allowed: {list(STAGES)}")
+    tr = Trainer(cfg, resume=resume)
+    t_all = time.time()
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if tr._done(stage):
+            logger.info("stage %s already done (%s); skipping", stage, tr.work)
+            continue
+        logger.info("stage %s ...", stage)
+        getattr(tr, f"stage_{stage}")()
+        logger.info("stage %s done in %.0fs", stage, tr.timings.get(stage, float("nan")))
+    logger.info("all stages done in %.0fs this run; per stage: %s", time.time() - t_all, tr.timings)
+    return Path(cfg.out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vidaccel train-embedded``: reproduce the shipped embedded models on CPU."""
+    ap = argparse.ArgumentParser(prog="vidaccel train-embedded", description=main.__doc__)
+    ap.add_argument("--out", default=None, help="output folder (default: the package's models/embedded)")
+    ap.add_argument("--workdir", default=None, help="checkpoints and caches (default: ~/.cache/vidaccel/train)")
+    ap.add_argument("--no-resume", action="store_true", help="delete the work dir and start over")
+    ap.add_argument("--minutes", action="append", default=[], metavar="STAGE=MIN",
+                    help="time budget of a stage (vae, t2v, ar), e.g. --minutes t2v=30; repeatable")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a TrainConfig field (int/float/str), e.g. --set t2v_steps=3000")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    minutes = {}
+    for m in args.minutes:
+        k, _, v = m.partition("=")
+        minutes[k] = float(v)
+    overrides: dict = {"threads": args.threads}
+    fields = TrainConfig.__dataclass_fields__
+    for s in args.set:
+        k, _, v = s.partition("=")
+        if k not in fields:
+            ap.error(f"--set {k}: unknown field; allowed: {sorted(fields)}")
+        typ = type(getattr(TrainConfig(), k))
+        overrides[k] = typ(v)
+    train_embedded(
+        args.out, resume=not args.no_resume, workdir=args.workdir, minutes=minutes,
+        stages=tuple(s for s in args.stages.split(",") if s), **overrides,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
