@@ -1,7 +1,7 @@
 """Measure the embedded models against the bars of the shapes world.
 
-``python -m vidaccel.models.evaluate`` prints a table and writes ``benchmarks/RESULTS_embedded.md``
-and ``benchmarks/RESULTS_embedded.json``:
+``python -m vidaccel.models.evaluate`` prints a table and writes ``benchmarks/results/embedded.md``
+and ``benchmarks/results/embedded.json``:
 
 - ground-truth ceiling: :func:`vidaccel.eval.shapes_score` of rendered videos for the 24 held-out
   (prompt, seed) pairs of :func:`vidaccel.models.shapes.heldout_prompts` (seeds never used in
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=None, help="override guidance_scale (t2v and ar)")
     ap.add_argument("--steps", type=int, default=None, help="override num_inference_steps (t2v)")
     ap.add_argument("--skip-ar", action="store_true")
-    ap.add_argument("--out", default="benchmarks/RESULTS_embedded.md", help="markdown report ('' to skip)")
+    ap.add_argument("--out", default="benchmarks/results/embedded.md", help="markdown report ('' to skip)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
