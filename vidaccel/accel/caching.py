@@ -507,10 +507,12 @@ class FeatureCache(Technique):
 
 
 # -- presets -------------------------------------------------------------------------------------------
-register_preset("quality", lambda: [CacheConfig(threshold=0.05, policy="block", forecast_order=1)],
-                "feature caching, conservative (block policy, threshold 0.05, first-order forecast)")
-register_preset("balanced", lambda: [CacheConfig(threshold=0.1, policy="block", forecast_order=1)],
-                "feature caching, balanced (block policy, threshold 0.1, first-order forecast)")
-register_preset("fast", lambda: [CacheConfig(threshold=0.2, policy="block", forecast_order=1,
-                                             max_consecutive_skips=5)],
-                "feature caching, aggressive (block policy, threshold 0.2, up to 5 skips in a row)")
+# Chosen from benchmarks/caching.py on the embedded shapes-t2v model (2026-11-21, see benchmarks/RESULTS.md):
+# quality 1.38x at 32.9 dB, balanced 1.67x at 26.8 dB, fast 2.08x at 24.1 dB (denoising speed-up, PSNR).
+register_preset("quality", lambda: [CacheConfig(threshold=0.1, policy="step", forecast_order=1,
+                                                max_consecutive_skips=5)],
+                "feature caching, conservative (step policy, threshold 0.1, first-order forecast)")
+register_preset("balanced", lambda: [CacheConfig(threshold=0.15, policy="block")],
+                "feature caching, balanced (block policy, threshold 0.15)")
+register_preset("fast", lambda: [CacheConfig(threshold=0.45, policy="block")],
+                "feature caching, aggressive (block policy, threshold 0.45)")
