@@ -48,7 +48,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -242,11 +241,10 @@ class _LinearProcessor(ProcessorWrapper):
     def __init__(self, inner, layer: int, technique: "LinearAttention"):
         super().__init__(inner, layer)
         self.technique = technique
-        self.signature = inspect.signature(type(inner).__call__)
 
     def __call__(self, attn, *args, **kwargs):
         tech = self.technique
-        bound = self.signature.bind(self.inner, attn, *args, **kwargs).arguments
+        bound = self.bind(attn, *args, **kwargs)
         hidden_states = bound["hidden_states"]
         cog = tech.spec.text_in_sequence
         if bound.get("attention_mask") is not None or (not cog and bound.get("encoder_hidden_states") is not None):

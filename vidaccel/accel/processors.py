@@ -37,10 +37,19 @@ class ProcessorWrapper:
     def __call__(self, attn, *args, **kwargs):
         return self.inner(attn, *args, **kwargs)
 
+    def bind(self, attn, *args, **kwargs) -> dict:
+        """This call's arguments by name, as the wrapped processor's ``__call__`` would receive them."""
+        return _signature(type(self.inner)).bind(self.inner, attn, *args, **kwargs).arguments
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.__call__)
+
 
 @functools.lru_cache(maxsize=None)
 def _with_signature(wrapper_cls: type, inner_cls: type) -> type:
-    signature = inspect.signature(inner_cls.__call__)
+    signature = _signature(inner_cls)
 
     def __call__(self, *args, **kwargs):
         return wrapper_cls.__call__(self, *args, **kwargs)

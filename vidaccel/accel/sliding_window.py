@@ -169,11 +169,10 @@ class _WindowedProcessor(ProcessorWrapper):
     def __init__(self, inner, layer: int, technique: "SlidingWindow"):
         super().__init__(inner, layer)
         self.technique = technique
-        self.signature = inspect.signature(type(inner).__call__)
 
     def __call__(self, attn, *args, **kwargs):
         tech = self.technique
-        bound = self.signature.bind(self.inner, attn, *args, **kwargs).arguments
+        bound = self.bind(attn, *args, **kwargs)
         if not tech.windowed(self.layer) or bound.get("attention_mask") is not None:
             tech.count(None, 0)
             return self.inner(attn, *args, **kwargs)

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["triton_available", "triton_interpreting", "available_backends"]
+__all__ = ["triton_available", "triton_interpreting", "available_backends", "kernel_module"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,3 +53,22 @@ def available_backends() -> dict[str, str]:
     out["gather"] = "SDPA over each query tile's window keys: the CPU default for sliding-tile attention"
     out["torch"] = f"torch {torch.__version__} reference / fallback: always available"
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _load_kernel_module(path: str, name: str, interpret: bool):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_{'interp' if interpret else 'gpu'}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kernel_module(path: str, name: str):
+    """Import the Triton kernel file ``path`` compiled for the current mode.
+
+    ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates, so the module is loaded once per mode (GPU or
+    interpreter) under its own name.
+    """
+    return _load_kernel_module(path, name, triton_interpreting())

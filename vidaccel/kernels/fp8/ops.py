@@ -14,15 +14,13 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
-from .._backend import triton_available, triton_interpreting
+from .._backend import kernel_module, triton_available, triton_interpreting
 from . import naive
 
 logger = logging.getLogger(__name__)
@@ -33,19 +31,8 @@ BACKENDS = ("auto", "scaled_mm", "triton", "torch")
 _ACTIVATIONS = ("dynamic", "none")
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_module(interpret: bool):
-    """The kernel module, compiled for the current mode (``triton.jit`` reads TRITON_INTERPRET when decorating)."""
-    path = os.path.join(os.path.dirname(__file__), "_triton.py")
-    name = f"vidaccel.kernels.fp8._triton_{'interp' if interpret else 'gpu'}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def kernels():
-    return _triton_module(triton_interpreting())
+    return kernel_module(os.path.join(os.path.dirname(__file__), "_triton.py"), "vidaccel.kernels.fp8._triton")
 
 
 @dataclass

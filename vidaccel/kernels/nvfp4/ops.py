@@ -16,14 +16,12 @@ needs the activations in NVFP4 too (W4A4); it is not wired in yet — W4A16 runs
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import os
 from dataclasses import dataclass
 
 import torch
 
-from .._backend import triton_available, triton_interpreting
+from .._backend import kernel_module, triton_available, triton_interpreting
 from . import naive
 
 __all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUANT_MIN_M"]
@@ -33,18 +31,8 @@ BACKENDS = ("auto", "triton", "dequant", "torch")
 DEQUANT_MIN_M = 1024
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_module(interpret: bool):
-    path = os.path.join(os.path.dirname(__file__), "_triton.py")
-    name = f"vidaccel.kernels.nvfp4._triton_{'interp' if interpret else 'gpu'}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def kernels():
-    return _triton_module(triton_interpreting())
+    return kernel_module(os.path.join(os.path.dirname(__file__), "_triton.py"), "vidaccel.kernels.nvfp4._triton")
 
 
 @dataclass
