@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["triton_available", "triton_interpreting", "available_backends", "kernel_module"]
+__all__ = ["triton_available", "triton_interpreting", "available_backends", "kernel_module", "check_linear_input"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,3 +72,11 @@ def kernel_module(path: str, name: str):
     interpreter) under its own name.
     """
     return _load_kernel_module(path, name, triton_interpreting())
+
+
+def check_linear_input(x: torch.Tensor, in_features: int) -> None:
+    """Validate the activation of a quantized linear: floating point, last dim ``in_features``."""
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dim but the weight expects {in_features}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")

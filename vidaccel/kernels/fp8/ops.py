@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backend import kernel_module, triton_available, triton_interpreting
+from .._backend import check_linear_input, kernel_module, triton_available, triton_interpreting
 from . import naive
 
 logger = logging.getLogger(__name__)
@@ -233,10 +233,7 @@ def fp8_linear(x: torch.Tensor, qweight: Fp8Weight, bias: torch.Tensor | None = 
     _check_backend(backend)
     if activations not in _ACTIVATIONS:
         raise ValueError(f"activations={activations!r} is not allowed; allowed: {', '.join(_ACTIVATIONS)}")
-    if x.shape[-1] != qweight.in_features:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dim but the weight expects {qweight.in_features}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    check_linear_input(x, qweight.in_features)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if activations == "none":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backend import kernel_module, triton_available, triton_interpreting
+from .._backend import check_linear_input, kernel_module, triton_available, triton_interpreting
 from . import naive
 
 __all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUANT_MIN_M"]
@@ -134,10 +134,7 @@ def nvfp4_linear(x: torch.Tensor, qweight: NVFP4Weight, bias: torch.Tensor | Non
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
-    if x.shape[-1] != qweight.in_features:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dim but the weight expects {qweight.in_features}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    check_linear_input(x, qweight.in_features)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     n = qweight.out_features
