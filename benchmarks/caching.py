@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 
@@ -51,6 +52,12 @@ def vidaccel_configs(quick: bool) -> list[BenchConfig]:
     for thr in ([0.2] if quick else [0.1, 0.2, 0.3, 0.5]):
         sweep.append((f"step+taylor1:{thr:g}", CacheConfig(threshold=thr, policy="step", forecast_order=1,
                                                           max_consecutive_skips=5)))
+    # sequential CFG (Wan): the uncond branch reuses the cond residual + the measured difference between refreshes
+    for thr in ([0.1] if quick else [0.05, 0.1, 0.2]):
+        sweep.append((f"step+taylor1+cfg3:{thr:g}", CacheConfig(threshold=thr, policy="step", forecast_order=1,
+                                                               max_consecutive_skips=5, cfg_interval=3)))
+    for thr in ([0.1] if quick else [0.1, 0.15, 0.3]):
+        sweep.append((f"block+cfg3:{thr:g}", CacheConfig(threshold=thr, policy="block", cfg_interval=3)))
     for thr in ([0.2] if quick else [0.1, 0.2, 0.4]):
         sweep.append((f"profiled:{thr:g}", CacheConfig(threshold=thr, policy="profiled", forecast_order=1,
                                                       cache_ratio=0.6, warmup_steps=3)))
@@ -104,6 +111,7 @@ def main() -> None:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--only", default=None, metavar="REGEX", help="run only the configurations whose name matches")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "caching"))
     args = ap.parse_args()
 
@@ -116,6 +124,11 @@ def main() -> None:
         kwargs["num_inference_steps"] = args.steps
     prompts = PROMPTS[:2] if args.quick else PROMPTS
     configs = vidaccel_configs(args.quick) + bench_configs_from_names(peer_names(args.quick))
+    if args.only:
+        pattern = re.compile(args.only)
+        configs = [c for c in configs if pattern.search(c.name)]
+        if not configs:
+            ap.error(f"--only {args.only!r} matches no configuration")
     start = time.time()
     report = run_benchmark(pipe, configs, prompts=prompts, seeds=[100], repeats=args.repeats, call_kwargs=kwargs,
                            out_dir=None)

@@ -198,6 +198,8 @@ def test_warns_when_nothing_is_skipped(caplog):
     (dict(policy="step", warmup_steps=1), "warmup_steps"),
     (dict(max_consecutive_skips=0), "max_consecutive_skips"),
     (dict(cache_ratio=0.0), "cache_ratio"),
+    (dict(cfg_interval=1), "cfg_interval"),
+    (dict(cfg_interval=-2), "cfg_interval"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"CacheConfig.{field}="):
@@ -248,3 +250,61 @@ def test_compiled_blocks_break_at_most_once_per_call():
         assert breaks <= calls, f"{breaks} graph breaks over {calls} transformer calls"
     finally:
         torch._dynamo.reset()
+
+
+def _uncond_steps(stats):
+    return [s for s in stats["per_step"] if s["context"] == "uncond"]
+
+
+def test_cfg_interval_reuses_the_cond_residual_on_uncond_calls():
+    pipe = make_pipeline("wan21")
+    base = run_pipe(pipe, num_inference_steps=12)
+    # a threshold no change stays under: only the CFG reuse can skip
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-12, cfg_interval=3))
+    first = run_pipe(pipe, num_inference_steps=12)
+    stats = cache_stats(pipe)
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=12), first)  # no state leaks
+    assert all(s["computed"] for s in stats["per_step"] if s["context"] == "cond")
+    unc = _uncond_steps(stats)
+    assert [s["cfg_reuse"] for s in unc] == [False, False, True, True, False, True, True, False, True, True, False, False]
+    assert stats["cfg_reused_calls"] == 6 and stats["skipped_calls"] == 6
+    assert not np.array_equal(first, base)
+    vidaccel.remove(pipe)
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=12), base)
+
+
+def test_cfg_reuse_is_exact_when_both_branches_see_the_same_prompt():
+    # cond and uncond identical -> the measured difference is 0 and the reused residual is the exact one
+    pipe = make_pipeline("wan21")
+    kw = dict(num_inference_steps=10, negative_prompt="a red circle moving right")
+    base = run_pipe(pipe, **kw)
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-12, cfg_interval=4))
+    out = run_pipe(pipe, **kw)
+    assert cache_stats(pipe)["cfg_reused_calls"] > 0
+    np.testing.assert_allclose(out, base, atol=1e-5, rtol=0)
+
+
+def test_cfg_interval_without_cfg_or_with_batched_cfg_does_nothing_and_says_so(caplog):
+    pipe = make_pipeline("wan21")
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-12, cfg_interval=3))
+    run_pipe(pipe, num_inference_steps=8, guidance_scale=1.0)
+    assert cache_stats(pipe)["cfg_reused_calls"] == 0
+    cog = make_pipeline("cogvideox-1.0")
+    with caplog.at_level(logging.WARNING, logger="vidaccel.accel.caching"):
+        vidaccel.apply(cog, CacheConfig(threshold=0.5, cfg_interval=3))
+    assert "cfg_interval=3 has no effect" in caplog.text
+    run_pipe(cog, num_inference_steps=8)
+    assert cache_stats(cog)["cfg_reused_calls"] == 0
+
+
+def test_cfg_interval_per_wan22_expert_and_with_the_step_policy():
+    pipe = make_pipeline("wan22")
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-12, policy="step", cfg_interval=2))
+    run_pipe(pipe, num_inference_steps=16)
+    for role in ("transformer", "transformer_2"):
+        stats = cache_stats(pipe, role)
+        unc = _uncond_steps(stats)
+        assert not unc[0]["cfg_reuse"] and not unc[1]["cfg_reuse"]  # each expert measures its own difference
+        assert stats["cfg_reused_calls"] > 0
+    with pytest.raises(ValueError, match="CacheConfig.cfg_interval is not allowed with policy='profiled'"):
+        CacheConfig(policy="profiled", cfg_interval=2)

@@ -22,6 +22,12 @@ per-branch state and stats):
     decision (same indicator as ``"block"``) only they reuse their residuals while the volatile blocks are
     computed.
 
+``cfg_interval`` (sequential CFG, i.e. Wan's separate ``"cond"`` / ``"uncond"`` calls; FasterCache's
+CFG-Cache, arXiv:2410.19355) computes the unconditional branch's skippable blocks only on every
+``cfg_interval``-th call; in between their residual is the conditional branch's residual of the same step
+(computed or forecast a moment earlier) plus the unconditional−conditional difference measured at the last
+full unconditional call. The difference moves far more slowly over the steps than either residual does.
+
 ``forecast_order`` 1 or 2 replaces plain reuse of a skipped residual by a Taylor forecast in the timestep
 from the last computed calls (TaylorSeer, arXiv:2503.06923): first or second divided differences.
 
@@ -87,6 +93,9 @@ class CacheConfig:
         max_consecutive_skips: cap on skipped calls in a row (≥ 1).
         final_steps: last denoising steps that always compute.
         cache_ratio: ``"profiled"`` only: fraction of the skippable blocks that are cached.
+        cfg_interval: 0 (off) or ≥ 2: sequential-CFG models only (Wan); the unconditional branch computes
+            its skippable blocks every ``cfg_interval``-th call and otherwise reuses the conditional
+            branch's residual plus the last measured difference. ``"block"`` and ``"step"`` only.
         num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
             final-step guard knows where the end is.
     """
@@ -100,6 +109,7 @@ class CacheConfig:
     max_consecutive_skips: int = 3
     final_steps: int = 1
     cache_ratio: float = 0.5
+    cfg_interval: int = 0
     num_inference_steps: int | None = None
 
     def __post_init__(self):
@@ -126,6 +136,12 @@ class CacheConfig:
                              "it must be an integer >= 1")
         if not 0.0 < self.cache_ratio <= 1.0:
             raise ValueError(f"CacheConfig.cache_ratio={self.cache_ratio!r} is not allowed: it must be in (0, 1]")
+        if not isinstance(self.cfg_interval, int) or self.cfg_interval < 0 or self.cfg_interval == 1:
+            raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval!r} is not allowed: use 0 (off) or an "
+                             "integer >= 2")
+        if self.cfg_interval and self.policy == "profiled":
+            raise ValueError("CacheConfig.cfg_interval is not allowed with policy='profiled' (its blocks are cached "
+                             "one by one); use policy='block' or 'step'")
         if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise ValueError(f"CacheConfig.num_inference_steps={self.num_inference_steps!r} is not allowed: >= 1")
 
@@ -193,6 +209,9 @@ class _BranchState:
         self.block_in: dict[int, tuple] = {}
         self.block_change: dict[int, list[float]] = {}
         self.cached_blocks: set[int] | None = None
+        self.cfg_reuse = False                  # this call reuses the cond residual (+ difference)
+        self.cfg_delta: tuple | None = None     # uncond − cond stack residual at the last full uncond call
+        self.cfg_since = 0                      # uncond calls since the last full one
 
 
 class _ContextStates(StateManager):
@@ -324,6 +343,11 @@ class FeatureCache(Technique):
                 _BlockHook(self, i, carry_positions), _BLOCK_HOOK
             )
         self._warned_steps = False
+        self.cfg_active = cfg.cfg_interval > 0 and self.spec.cfg_style == "sequential"
+        if cfg.cfg_interval and not self.cfg_active:
+            logger.warning("CacheConfig.cfg_interval=%d has no effect on %s: its pipelines run both CFG branches in "
+                           "one batched call (cfg_style=%r); only the per-call caching applies",
+                           cfg.cfg_interval, type(self.model).__name__, self.spec.cfg_style)
         self.reset()
 
     def detach(self) -> None:
@@ -339,6 +363,7 @@ class FeatureCache(Technique):
         self.skipped = [0] * self.n_blocks
         self.steps: list[dict] = []
         self.profiles: dict[str, dict] = {}  # "profiled": per branch, the blocks chosen and why
+        self.cond_residual: tuple | None = None  # (step, residual) of the cond branch's skippable span
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @torch.compiler.disable
@@ -351,6 +376,7 @@ class FeatureCache(Technique):
         state.t = t
         state.step = ctx.step_index if ctx.step_index is not None else state.calls
         state.skip = False
+        state.cfg_reuse = False
         state.indicator = None
         state.context_name = ctx.name
         state.total_steps = ctx.num_inference_steps or getattr(self.pipeline, "_num_timesteps", None) or \
@@ -370,8 +396,10 @@ class FeatureCache(Technique):
         else:
             state.consecutive_skips = 0
             state.acc = 0.0
+        if state.context_name == "uncond" and self.cfg_active:
+            state.cfg_since = state.cfg_since + 1 if state.cfg_reuse else 0
         self.steps.append({"step": state.step, "context": state.context_name, "t": state.t,
-                           "computed": not state.skip,
+                           "computed": not state.skip, "cfg_reuse": state.cfg_reuse,
                            "indicator": None if state.indicator is None else round(state.indicator, 6)})
         state.calls += 1
         state.last_t = state.t
@@ -414,6 +442,8 @@ class FeatureCache(Technique):
         if _same_shapes(state.ref_front, front_res) and ready:
             state.indicator = _rel_l1(front_res, state.ref_front)
             state.skip = not self._guarded(state) and state.indicator < self.config.threshold
+        if not state.skip and self._cfg_reusable(state):
+            state.skip = state.cfg_reuse = True
         if not state.skip:
             state.ref_front = tuple(r.detach() for r in front_res)
 
@@ -432,7 +462,23 @@ class FeatureCache(Technique):
             if state.ratio is not None and state.stack.ready():
                 state.indicator = state.ratio * state.acc
                 state.skip = not self._guarded(state) and state.indicator < self.config.threshold
+        if not state.skip and self._cfg_reusable(state):
+            state.skip = state.cfg_reuse = True
         state.prev_mod = mod.detach()
+
+    def _cfg_reusable(self, state: _BranchState) -> bool:
+        """Uncond call of a sequential-CFG model: reuse the cond residual of this step plus the difference?"""
+        if not self.cfg_active or self.config.threshold <= 0 or state.context_name != "uncond" or state.cfg_delta is None:
+            return False
+        if self.cond_residual is None or self.cond_residual[0] != state.step:
+            return False
+        if not _same_shapes(state.cfg_delta, self.cond_residual[1]) or state.cfg_since + 1 >= self.config.cfg_interval:
+            return False
+        cfg = self.config
+        if state.calls < cfg.warmup_steps:
+            return False
+        total = state.total_steps
+        return total is None or state.step < total - cfg.final_steps
 
     def _choose_cached_blocks(self, state: _BranchState) -> None:
         scores = {i: sum(v) / len(v) for i, v in state.block_change.items() if v}
@@ -455,6 +501,17 @@ class FeatureCache(Technique):
         state.stack_out_ref = residual
         if not self.per_block:
             state.stack.push(state.t, residual)
+        self._note_cfg(state, residual)
+
+    def _note_cfg(self, state: _BranchState, residual: tuple) -> None:
+        """Keep the cond residual of this step; on a full uncond call, measure uncond − cond."""
+        if not self.cfg_active:
+            return
+        if state.context_name == "cond":
+            self.cond_residual = (state.step, residual)
+        elif state.context_name == "uncond" and self.cond_residual is not None \
+                and self.cond_residual[0] == state.step and _same_shapes(self.cond_residual[1], residual):
+            state.cfg_delta = _sub(residual, self.cond_residual[1])
 
     @torch.compiler.disable
     def record_block(self, state: _BranchState, i: int, residual: tuple) -> None:
@@ -471,7 +528,12 @@ class FeatureCache(Technique):
         if self.per_block:
             return _add(carried, state.blocks[i].predict(state.t))
         if i == self.mid_start:
-            return _add(carried, state.stack.predict(state.t))
+            if state.cfg_reuse:
+                return _add(carried, _add(self.cond_residual[1], state.cfg_delta))
+            residual = state.stack.predict(state.t)
+            if self.cfg_active and state.context_name == "cond":
+                self.cond_residual = (state.step, residual)
+            return _add(carried, residual)
         return carried  # the whole span's residual was added at its first block
 
     # -- reporting ---------------------------------------------------------------------------------------
@@ -484,6 +546,7 @@ class FeatureCache(Technique):
             "threshold": self.config.threshold,
             "calls": calls,
             "skipped_calls": skipped_calls,
+            "cfg_reused_calls": sum(1 for s in self.steps if s.get("cfg_reuse")),
             "blocks_computed": sum(self.computed),
             "blocks_skipped": sum(self.skipped),
             "skip_ratio": (sum(self.skipped) / total) if total else 0.0,
