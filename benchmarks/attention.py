@@ -32,11 +32,8 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
-import time
-from datetime import datetime, timezone
 
 import torch
 
@@ -47,46 +44,10 @@ from vidaccel.kernels.attention import (
     tile_plan,
 )
 
+from _common import WAN13_LATENTS, machine, print_table, random_wan13, timeit  # noqa: E402  (benchmarks/)
+
 # Wan2.1-1.3B token grids (patch 1×2×2, VAE 4×8×8): 81 frames → 21 latent frames.
 WAN13_GRIDS = {"480p": (21, 30, 52), "720p": (21, 45, 80)}
-WAN13_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-
-
-def machine() -> dict:
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def timeit(fn, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> float:
-    """Median seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def best_tile(grid, volumes=(128, 256), align: int = 64) -> tuple[int, int, int]:
@@ -130,19 +91,6 @@ def windows_for_densities(grid, tile, targets) -> list[tuple[tuple[int, int, int
         if window not in [w for w, _ in out]:
             out.append((window, options[window][0]))
     return out
-
-
-def print_table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "—")) for c in columns) + " |" for r in rows]
-    text = "\n".join(lines)
-    print(text)
-    return text
 
 
 def save(path: str | None, payload: dict) -> None:
@@ -293,27 +241,14 @@ def gpu_kernel(args) -> dict:
 # -- GPU end to end ----------------------------------------------------------------------------------
 def gpu_e2e(args) -> dict:
     import vidaccel
-    from diffusers import WanTransformer3DModel
     from vidaccel.accel.sliding_window import SlidingWindowConfig
 
     smoke = args.smoke
-    device = "cpu" if smoke else "cuda"
-    if not smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu-e2e needs a CUDA GPU (use --smoke to exercise the code on CPU)")
-    dtype = torch.float32 if smoke else torch.bfloat16
-    cfg = dict(WAN13_CONFIG)
-    latent = (21, 60, 104)
-    if smoke:
-        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2, text_dim=32)
-        latent = (4, 12, 20)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = WanTransformer3DModel(**cfg).to(dtype).eval()
+    model, x, text, t, device = random_wan13(smoke=smoke, latent=WAN13_LATENTS["480p"])
+    latent = tuple(x.shape[2:])
+    dtype = x.dtype
     grid = (latent[0], latent[1] // 2, latent[2] // 2)
     tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else best_tile(grid))
-    x = torch.randn(1, 16, *latent, device=device, dtype=dtype)
-    text = torch.randn(1, 16 if smoke else 512, cfg["text_dim"], device=device, dtype=dtype)
-    t = torch.tensor([500.0], device=device)
 
     def forward():
         with torch.no_grad():

@@ -35,12 +35,9 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
@@ -49,46 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vidaccel.kernels.linear_attention import HedgehogFeatureMap, linear_attention  # noqa: E402
 
-WAN13_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-
-
-def machine() -> dict:
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "?"}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def timeit(fn, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> float:
-    """Median seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def print_table(rows: list[dict], cols: list[str]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return "—" if math.isnan(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
-        return "—" if v is None else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    table = "\n".join(lines)
-    print(table, flush=True)
-    return table
+from _common import WAN13_LATENTS, machine, print_table, random_wan13, timeit  # noqa: E402  (benchmarks/)
 
 
 # -- scaling -------------------------------------------------------------------------------------------
@@ -225,27 +183,13 @@ def quality(args) -> dict:
 # -- GPU end to end -----------------------------------------------------------------------------------
 def gpu_e2e(args) -> dict:
     import vidaccel
-    from diffusers import WanTransformer3DModel
     from vidaccel.accel.linear_attention import LinearAttentionConfig
 
     smoke = args.smoke
-    device = "cpu" if smoke else "cuda"
-    if not smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu-e2e needs a CUDA GPU (use --smoke to exercise the code on CPU)")
-    dtype = torch.float32 if smoke else torch.bfloat16
-    cfg = dict(WAN13_CONFIG)
-    latent = (21, 90, 160)  # 720p (1280×720), 81 frames
-    if smoke:
-        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=4, text_dim=32)
-        latent = (4, 12, 20)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = WanTransformer3DModel(**cfg).to(dtype).eval()
-    n_layers = cfg["num_layers"]
+    model, x, text, t, device = random_wan13(smoke=smoke, latent=WAN13_LATENTS["720p"], smoke_layers=4)
+    latent, dtype = tuple(x.shape[2:]), x.dtype
+    n_layers = len(model.blocks)
     tokens = latent[0] * (latent[1] // 2) * (latent[2] // 2)
-    x = torch.randn(1, 16, *latent, device=device, dtype=dtype)
-    text = torch.randn(1, 16 if smoke else 512, cfg["text_dim"], device=device, dtype=dtype)
-    t = torch.tensor([500.0], device=device)
 
     def step():  # one denoising step with CFG: two transformer forwards
         with torch.no_grad():

@@ -1,0 +1,96 @@
+"""Helpers the GPU/CPU kernel benchmarks share: machine facts, timing, Markdown tables, and a
+random-weight transformer of Wan2.1-1.3B's shape (the real config; only timing is meaningful)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+
+# Wan2.1-T2V-1.3B's transformer config (30 layers, dim 1536 = 12 heads x 128, ffn 8960).
+WAN13_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+# latent shapes of 81-frame videos (VAE 4x8x8): 21 latent frames
+WAN13_LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
+
+
+def machine() -> dict:
+    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def timeit(fn, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> float:
+    """Median seconds of ``fn()`` (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def print_table(rows: list[dict], columns: list[str]) -> str:
+    """Print and return a Markdown table of ``rows`` (missing / None / NaN cells as —)."""
+    def fmt(v):
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "—"
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return "—" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def random_wan13(*, smoke: bool, latent: tuple[int, int, int], smoke_layers: int = 2):
+    """A random-weight Wan2.1-1.3B-shaped transformer and one call's inputs, in bf16 on the GPU.
+
+    ``smoke`` builds a tiny stand-in on the CPU in fp32 instead (to exercise the benchmark code).
+    Returns ``(model, x, text, t, device)``; raises ``SystemExit`` when a GPU is needed and absent.
+    """
+    from diffusers import WanTransformer3DModel
+
+    device = "cpu" if smoke else "cuda"
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (use --smoke to exercise the code on CPU)")
+    dtype = torch.float32 if smoke else torch.bfloat16
+    cfg = dict(WAN13_CONFIG)
+    if smoke:
+        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=smoke_layers, text_dim=32)
+        latent = (4, 12, 20)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WanTransformer3DModel(**cfg).to(dtype).eval()
+    x = torch.randn(1, 16, *latent, device=device, dtype=dtype)
+    text = torch.randn(1, 16 if smoke else 512, cfg["text_dim"], device=device, dtype=dtype)
+    t = torch.tensor([500.0], device=device)
+    return model, x, text, t, device
