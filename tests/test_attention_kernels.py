@@ -20,13 +20,14 @@ from hypothesis import strategies as st
 
 from vidaccel.kernels.attention import (
     flash_attention,
+    merge_attention,
     sliding_tile_attention,
     sliding_tile_density,
     sliding_tile_mask,
     tile_plan,
     window_in_tiles,
 )
-from vidaccel.kernels.attention.naive import attention_naive, sliding_tile_attention_naive
+from vidaccel.kernels.attention.naive import attention_lse_naive, attention_naive, sliding_tile_attention_naive
 from vidaccel.kernels.attention.triton_kernel import AUTOTUNE_CONFIGS, prune_configs
 
 SPARSE_BACKENDS = ["sdpa", "gather", "flex", "triton"]
@@ -94,6 +95,24 @@ def test_flash_attention_ragged(Lq, Lk, D, backend, seed):
     out = flash_attention(q, k, v, backend=backend)
     assert out.shape == q.shape
     assert_rel_close(out, attention_naive(q, k, v), TOL[torch.float32], f"{backend} seed={seed}")
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "triton"])
+@pytest.mark.parametrize("Lq,Lk,D", [(63, 100, 60), (130, 1000, 64)])
+def test_flash_attention_log_sum_exp_and_merge(Lq, Lk, D, backend, seed):
+    q, k, v = qkv(2, Lq, 2, D, Lk=Lk)
+    ref_out, ref_lse = attention_lse_naive(q, k, v)
+    out, lse = flash_attention(q, k, v, backend=backend, return_lse=True)
+    assert lse.shape == (2, 2, Lq) and lse.dtype == torch.float32 and torch.isfinite(lse).all()
+    assert_rel_close(out, ref_out, TOL[torch.float32], f"{backend} seed={seed}")
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-5, msg=f"{backend} seed={seed}")
+    # two disjoint key sets, merged by their log-sum-exps, give attention over all keys
+    cut = Lk // 3
+    o1, l1 = flash_attention(q, k[:, :cut], v[:, :cut], backend=backend, return_lse=True)
+    o2, l2 = flash_attention(q, k[:, cut:], v[:, cut:], backend=backend, return_lse=True)
+    merged, l12 = merge_attention(o1, l1, o2, l2)
+    assert_rel_close(merged, ref_out, 1e-5, f"merge {backend} seed={seed}")
+    torch.testing.assert_close(l12, ref_lse, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

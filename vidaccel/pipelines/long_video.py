@@ -57,7 +57,7 @@ import diffusers
 
 from ..accel.kv_cache import RollingKVCache
 from ..accel.processors import ProcessorSwap
-from ..kernels import flash_attention
+from ..kernels.attention import flash_attention, merge_attention
 from ..specs import spec_for
 
 logger = logging.getLogger(__name__)
@@ -149,23 +149,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2).type_as(x)
 
 
-def _attention_lse(q, k, v):
-    """Softmax attention on ``[B, L, H, D]`` returning the output and the log-sum-exp ``[B, H, Lq]`` (fp32)."""
-    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
-    scores = qf @ kf.transpose(-1, -2) * (q.shape[-1] ** -0.5)
-    lse = torch.logsumexp(scores, dim=-1)
-    out = torch.softmax(scores, dim=-1) @ vf
-    return out.transpose(1, 2), lse
-
-
-def _merge(o1, l1, o2, l2):
-    """Combine two partial attentions over disjoint key sets by their log-sum-exps."""
-    lse = torch.logaddexp(l1, l2)
-    w1 = torch.exp(l1 - lse).transpose(1, 2).unsqueeze(-1)
-    w2 = torch.exp(l2 - lse).transpose(1, 2).unsqueeze(-1)
-    return o1 * w1 + o2 * w2
-
-
 @dataclass
 class _PassState:
     """What the KV processors of one transformer pass need (set by the pipeline before each pass)."""
@@ -178,6 +161,7 @@ class _PassState:
     reuse: bool = False            # FlashBlock: reuse the context part of the attention
     reuse_fresh: bool = True       # first step of a chunk: compute and store the context part
     context_parts: dict = field(default_factory=dict)
+    context_lengths: dict = field(default_factory=dict)
     context_tokens: int = 0        # tokens attended in the cache, summed over layers (stats)
 
 
@@ -198,6 +182,13 @@ class KVCachedWanAttnProcessor:
         v = v.unflatten(2, (attn.heads, -1))
         q_rot = _rotate(q, *st.rope_q)
         k_rot = _rotate(k, *st.rope_q)
+        reuse = st.reuse and not st.write and not st.reuse_fresh and self.layer in st.context_parts
+        if reuse:  # FlashBlock: the context part of this chunk's attention from its first step
+            o_ctx, l_ctx = st.context_parts[self.layer]
+            st.context_tokens += st.context_lengths[self.layer]
+            o_in, l_in = flash_attention(q_rot, k_rot, v, return_lse=True)
+            out = merge_attention(o_ctx, l_ctx, o_in, l_in)[0].type_as(q)
+            return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
         ck, cv = st.cache.get(self.layer)
         n_ctx = ck.shape[1]
         st.context_tokens += n_ctx
@@ -205,11 +196,10 @@ class KVCachedWanAttnProcessor:
             ck = _rotate(ck.to(k.dtype), *st.rope_k)
             cv = cv.to(v.dtype)
         if n_ctx and st.reuse and not st.write:
-            if st.reuse_fresh or self.layer not in st.context_parts:
-                st.context_parts[self.layer] = _attention_lse(q_rot, ck, cv)
-            o_ctx, l_ctx = st.context_parts[self.layer]
-            o_in, l_in = _attention_lse(q_rot, k_rot, v)
-            out = _merge(o_ctx, l_ctx, o_in, l_in).type_as(q)
+            o_ctx, l_ctx = st.context_parts[self.layer] = flash_attention(q_rot, ck, cv, return_lse=True)
+            st.context_lengths[self.layer] = n_ctx
+            o_in, l_in = flash_attention(q_rot, k_rot, v, return_lse=True)
+            out = merge_attention(o_ctx, l_ctx, o_in, l_in)[0].type_as(q)
         elif n_ctx:
             out = flash_attention(q_rot, torch.cat([ck, k_rot], 1), torch.cat([cv, v], 1))
         else:

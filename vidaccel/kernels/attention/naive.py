@@ -92,6 +92,18 @@ def attention_naive(q, k, v, mask: torch.Tensor | None = None, scale: float | No
     return torch.einsum("bhqk,bkhd->bqhd", p, v.float()).to(q.dtype)
 
 
+def attention_lse_naive(q, k, v, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp: ``([B, Lq, H, D]`` in ``q``'s dtype, ``[B, H, Lq]`` fp32).
+
+    The log-sum-exp (natural log, of the scaled scores) lets two attentions over disjoint key sets be
+    merged exactly: ``o = (o1 e^l1 + o2 e^l2) / (e^l1 + e^l2)``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), v.float()).to(q.dtype)
+    return out, torch.logsumexp(s, dim=-1)
+
+
 def sliding_tile_attention_naive(q, k, v, *, grid, window, tile, num_text_tokens: int = 0) -> torch.Tensor:
     """Sliding-tile attention by a dense mask (see module docs). ``q, k, v: [B, L, H, D]``."""
     mask = sliding_tile_mask(grid, window, tile, num_text_tokens, device=q.device)

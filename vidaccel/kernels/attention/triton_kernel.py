@@ -99,13 +99,13 @@ def _attend_block(acc, l_i, m_i, q, K, V, KValid, k_base, v_base, start_n, strid
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, KValid, Table, Counts,
+def _attn_fwd(Q, K, V, O, LSE, KValid, Table, Counts,
               stride_qb, stride_ql, stride_qh, stride_kb, stride_kl, stride_kh,
               stride_vb, stride_vl, stride_vh, stride_ob, stride_ol, stride_oh,
               H, Lq, Lk, D, table_stride, qk_scale,
               UNIT: tl.constexpr, SPARSE: tl.constexpr, HAS_VALID: tl.constexpr, EVEN_D: tl.constexpr,
-              UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_D: tl.constexpr):
+              UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, RETURN_LSE: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     tl.static_assert(BLOCK_D >= 16)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -145,6 +145,8 @@ def _attn_fwd(Q, K, V, O, KValid, Table, Counts,
                                           stride_kl, stride_vl, Lk, D, qk_scale, HAS_VALID, True, EVEN_D,
                                           UPCAST, DOT_PREC, BLOCK_N, BLOCK_D)
     acc = acc / l_i[:, None]
+    if RETURN_LSE:  # natural-log log-sum-exp of the scaled scores, [B, H, Lq] fp32 (m_i is in log2 units)
+        tl.store(LSE + pid_bh.to(tl.int64) * Lq + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=in_q)
     out_ptrs = O + o_base + q_rows * stride_ol + offs_d[None, :]
     out = acc.to(O.dtype.element_ty)
     if EVEN_D:
@@ -180,17 +182,19 @@ _attn_fwd_autotuned = triton.autotune(
 
 
 def block_sparse_attention_triton(q, k, v, *, table=None, counts=None, unit: int = 0, key_valid=None,
-                                  scale: float | None = None, config: dict | None = None) -> torch.Tensor:
+                                  scale: float | None = None, config: dict | None = None, return_lse: bool = False):
     """Launch the kernel. ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]`` (last dim contiguous).
 
     Sparse when ``table`` is given: then ``Lq == Lk == n_units * unit`` and query unit ``u`` visits the key
     units ``table[u, :counts[u]]``. ``key_valid`` (``[Lk]`` bool) masks padding keys. ``config`` forces one
-    launch config (else: autotune on a GPU, the first pruned config under the interpreter).
+    launch config (else: autotune on a GPU, the first pruned config under the interpreter). With
+    ``return_lse`` also returns the log-sum-exp ``[B, H, Lq]`` (fp32, natural log).
     """
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     o = torch.empty_like(q)
+    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device) if return_lse else o
     block_d = max(16, triton.next_power_of_2(D))
     scale = D**-0.5 if scale is None else scale
     interpreting = triton_interpreting()
@@ -201,12 +205,12 @@ def block_sparse_attention_triton(q, k, v, *, table=None, counts=None, unit: int
     kvalid = key_valid.to(torch.int8) if key_valid is not None else dummy
     table_t = table if sparse else dummy
     counts_t = counts if sparse else dummy
-    args = (q, k, v, o, kvalid, table_t, counts_t,
+    args = (q, k, v, o, lse, kvalid, table_t, counts_t,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             H, Lq, Lk, D, table_t.stride(0) if sparse else 0, scale * math.log2(math.e))
     meta = dict(UNIT=unit if sparse else 0, SPARSE=sparse, HAS_VALID=key_valid is not None, EVEN_D=D == block_d,
-                UPCAST=interpreting or q.dtype == torch.float32,
+                UPCAST=interpreting or q.dtype == torch.float32, RETURN_LSE=return_lse,
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_D=block_d)
     if config is None and interpreting:
         config = prune_configs(AUTOTUNE_CONFIGS, meta["UNIT"], block_d)[0]
@@ -217,7 +221,7 @@ def block_sparse_attention_triton(q, k, v, *, table=None, counts=None, unit: int
     else:
         grid = lambda META: (triton.cdiv(Lq, META["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd_autotuned[grid](*args, **meta)
-    return o
+    return (o, lse) if return_lse else o
 
 
 def aot_compile(dtype: str = "bf16", *, sparse: bool = True, unit: int = 256, head_dim: int = 128,
@@ -235,12 +239,14 @@ def aot_compile(dtype: str = "bf16", *, sparse: bool = True, unit: int = 256, he
     block_d = max(16, triton.next_power_of_2(head_dim))
     c, warps, stages = _split(config or prune_configs(AUTOTUNE_CONFIGS, unit if sparse else 0, block_d)[0])
     constexprs = dict(UNIT=unit if sparse else 0, SPARSE=sparse, HAS_VALID=True, EVEN_D=head_dim == block_d,
-                      UPCAST=dtype == "fp32",
+                      UPCAST=dtype == "fp32", RETURN_LSE=False,
                       DOT_PREC="ieee" if dtype == "fp32" else "tf32", BLOCK_D=block_d, **c)
     signature = {}
     for name in _attn_fwd.arg_names:
         if name in ("Q", "K", "V", "O"):
             signature[name] = "*" + dtype
+        elif name == "LSE":
+            signature[name] = "*fp32"
         elif name == "KValid":
             signature[name] = "*i8"
         elif name in ("Table", "Counts"):

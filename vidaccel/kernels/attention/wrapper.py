@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .._backend import triton_available
 from .layout import TilePlan, tile_plan
-from .naive import sliding_tile_mask
+from .naive import attention_lse_naive, sliding_tile_mask
 
 __all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "resolve_backend", "sliding_tile_attention", "flash_attention"]
 
@@ -87,7 +87,8 @@ def _sdpa(q, k, v, mask=None):
     return out.transpose(1, 2)
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto",
+                    return_lse: bool = False):
     """Dense softmax attention; query and key lengths may differ (a chunk's queries against cached keys).
 
     Args:
@@ -95,8 +96,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backen
         backend: ``"auto"`` (torch SDPA, i.e. flash attention where torch has it), ``"triton"``, ``"flex"``,
             ``"sdpa"`` (``"gather"`` means ``"sdpa"`` here).
 
+        return_lse: also return the log-sum-exp of the scaled scores, ``[B, H, Lq]`` fp32 (natural log),
+            so that attentions over disjoint key sets can be merged (see :func:`merge_attention`).
+
     Returns:
-        ``[B, Lq, H, D]`` in ``q``'s dtype. Scale ``1/sqrt(D)``.
+        ``[B, Lq, H, D]`` in ``q``'s dtype (and the log-sum-exp with ``return_lse``). Scale ``1/sqrt(D)``.
 
     Example::
 
@@ -107,10 +111,46 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backen
     if backend == "triton":
         from .triton_kernel import block_sparse_attention_triton
 
-        return block_sparse_attention_triton(q, k, v)
+        return block_sparse_attention_triton(q, k, v, return_lse=return_lse)
+    if return_lse:
+        return _attention_lse(q, k, v, backend)
     if backend == "flex":
         return _flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     return _sdpa(q, k, v)
+
+
+def _attention_lse(q, k, v, backend: str):
+    """Output and log-sum-exp without the Triton kernel: flex's ``return_lse``; on CPU, torch's fused flash
+    kernel (which computes the log-sum-exp anyway); else the fp32 reference."""
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    if backend == "flex":
+        from torch.nn.attention import flex_attention as fa
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            if hasattr(fa, "AuxRequest"):  # torch >= 2.9
+                out, aux = fa.flex_attention(qt, kt, vt, return_aux=fa.AuxRequest(lse=True))
+                lse = aux.lse
+            else:
+                out, lse = fa.flex_attention(qt, kt, vt, return_lse=True)
+        return out.transpose(1, 2), lse.float()
+    cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if q.device.type == "cpu" and cpu_flash is not None:
+        out, lse = cpu_flash(qt, kt, vt, 0.0, False)
+        return out.transpose(1, 2), lse.float()
+    return attention_lse_naive(q, k, v)
+
+
+def merge_attention(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor):
+    """Exact softmax attention over the union of two disjoint key sets from the two partial results.
+
+    ``o: [B, L, H, D]``, ``l: [B, H, L]`` (as :func:`flash_attention` returns with ``return_lse=True``).
+    Returns the merged output (``o1``'s dtype) and log-sum-exp.
+    """
+    lse = torch.logaddexp(l1, l2)
+    w1 = torch.exp(l1 - lse).transpose(1, 2).unsqueeze(-1)
+    w2 = torch.exp(l2 - lse).transpose(1, 2).unsqueeze(-1)
+    return (o1.float() * w1 + o2.float() * w2).to(o1.dtype), lse
 
 
 # -- sparse backends -----------------------------------------------------------------------------
