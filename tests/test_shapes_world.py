@@ -186,3 +186,22 @@ def test_random_prompts_round_trip(seed):
     assert parse_prompt(spec.to_text()) == spec
     assert unknown_words(p) == []
     assert all(o.shape in SHAPES for o in spec.objects)
+
+
+def test_layouts_centered_paths_and_anywhere_spread():
+    from vidaccel.models.shapes import plan_scene
+
+    prompt = "a red circle moving right on a black background"
+    mids = []
+    for seed in range(40):
+        plan = plan_scene(prompt, height=128, width=128, seed=seed)
+        path = plan.positions(17)[:, 0]
+        mids.append(path[8])  # the middle of the reference clip
+        assert path[-1, 0] > path[0, 0]  # still moves right
+    mids = np.array(mids)
+    assert np.abs(mids - 64).max() <= 8.0 + 1e-6
+    spread = np.array([plan_scene(prompt, height=128, width=128, seed=s, layout="anywhere").objects[0].y0
+                       for s in range(40)])
+    assert spread.max() - spread.min() > 50
+    with pytest.raises(ValueError, match="layout='grid' is not allowed"):
+        plan_scene(prompt, height=128, width=128, seed=0, layout="grid")

@@ -57,6 +57,10 @@ DIRECTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) in image coordinates 
 SPEEDS: dict[str, float] = {"slowly": 1.5, "normal": 2.5, "quickly": 4.0}
 #: Reference clip length used to place objects so that short clips mostly do not bounce.
 REFERENCE_FRAMES = 17
+#: Where objects start: ``"centered"`` (the default: each object's reference-clip path is centred on an
+#: anchor point, jittered by up to 8 px per axis at 128 px) or ``"anywhere"`` (uniform over the frame).
+LAYOUTS: tuple[str, ...] = ("centered", "anywhere")
+_LAYOUT_JITTER = 8.0
 #: Words of the grammar that are not attribute values.
 GRAMMAR_WORDS: tuple[str, ...] = ("a", "moving", "on", "background", "and", "staying")
 
@@ -331,6 +335,7 @@ def plan_scene(
     width: int,
     seed: int,
     texture: float | None = 0.0,
+    layout: str = "centered",
 ) -> ScenePlan:
     """Sample sizes, start positions and velocities for ``prompt`` deterministically from ``seed``.
 
@@ -340,14 +345,21 @@ def plan_scene(
     Args:
         texture: amplitude (in [0, 0.1]) of a gentle static background texture; ``None`` draws it
             from the seed (0 with probability 1/2, else uniform in [0, 0.03]).
+        layout: one of :data:`LAYOUTS`. ``"centered"`` places the middle of each object's
+            :data:`REFERENCE_FRAMES`-frame path near an anchor (the frame centre for one object; the
+            points at 35 % and 65 % of both axes for two), so a prompt decides the layout up to a small
+            jitter; ``"anywhere"`` draws start positions uniformly.
     """
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}")
     if height < 32 or width < 32:
         raise ValueError(f"height={height}, width={width}: both must be >= 32")
     rng = np.random.default_rng(seed)
     scale = min(height, width) / 128.0
     plans = []
-    for obj in spec.objects:
+    anchors = (0.5,) if len(spec.objects) == 1 else (0.35, 0.65)
+    for k, obj in enumerate(spec.objects):
         half = float(rng.uniform(11.0, 17.0) * scale)
         dx, dy = DIRECTIONS[obj.direction]
         speed = SPEEDS[obj.speed] * scale
@@ -355,7 +367,10 @@ def plan_scene(
         pos = []
         for axis_len, d in ((width, dx), (height, dy)):
             lo, hi = half, axis_len - half
-            if d == 0:
+            if layout == "centered":
+                mid = anchors[k % len(anchors)] * axis_len + float(rng.uniform(-1.0, 1.0)) * _LAYOUT_JITTER * scale
+                pos.append(float(np.clip(mid - d * travel / 2, lo, hi)))
+            elif d == 0:
                 pos.append(float(rng.uniform(lo, hi)))
             else:
                 frac = float(rng.uniform(0.0, 1.0))
@@ -433,6 +448,7 @@ def render_video(
     width: int = 128,
     seed: int = 0,
     texture: float | None = 0.0,
+    layout: str = "centered",
 ) -> np.ndarray:
     """Render a shapes-world video.
 
@@ -441,6 +457,7 @@ def render_video(
             (then ``height``/``width``/``seed``/``texture`` are taken from the plan).
         num_frames: any length >= 1; objects keep moving and bouncing.
         seed: determines sizes, positions and texture.
+        layout: see :func:`plan_scene`.
 
     Returns:
         uint8 array [num_frames, height, width, 3].
@@ -448,6 +465,6 @@ def render_video(
     plan = (
         prompt_or_spec
         if isinstance(prompt_or_spec, ScenePlan)
-        else plan_scene(prompt_or_spec, height=height, width=width, seed=seed, texture=texture)
+        else plan_scene(prompt_or_spec, height=height, width=width, seed=seed, texture=texture, layout=layout)
     )
     return render_plan(plan, num_frames)

@@ -65,7 +65,8 @@ class TrainConfig:
     height: int = 128
     width: int = 128
     # data
-    n_short: int = 1200  # 17-frame clips (T2V)
+    layout: str = "centered"  # start positions of the transformer's training clips (shapes.LAYOUTS)
+    n_short: int = 2400  # 17-frame clips (T2V)
     n_long: int = 240  # 49-frame clips (AR windows; their 17-frame prefix also feeds T2V)
     short_frames: int = 17
     long_frames: int = 49
@@ -77,31 +78,35 @@ class TrainConfig:
     vae_lr: float = 1.5e-3
     vae_kl: float = 1e-4
     vae_noise: float = 0.05
+    vae_mix: float = 1.0  # weight of the latent-linearity loss: decode(a z1 + (1-a) z2) ~ a x1 + (1-a) x2
     vae_dec_steps: int = 1000  # decoder-only fine-tuning on the frozen encoder's latents
     vae_dec_lr: float = 5e-4
     vae_dec_frames: int = 17
     vae_dec_batch: int = 8
     # transformer (shared by T2V and AR)
+    patch: int = 4  # spatial patch of the transformer (tokens per latent frame = (16 / patch) ** 2)
     dim_heads: int = 4
     head_dim: int = 64
     ffn_dim: int = 640
     layers: int = 6
     text_dim: int = 64
     max_sequence_length: int = 32
-    t2v_steps: int = 3200
-    ar_steps: int = 600
+    t2v_steps: int = 5200
+    ar_steps: int = 1000
     batch: int = 16
-    lr: float = 6e-4
+    lr: float = 1e-3
     ema: float = 0.995
     cfg_dropout: float = 0.1
     long_pad_prob: float = 0.05  # fraction of batches whose text is zero-padded to 512 (robustness)
     train_shift: float = 3.0
     flow_shift: float = 3.0
+    fg_weight: float = 4.0  # extra loss weight on latent positions that differ from the frame's background
+    warmup: int = 50
     # AR
     chunk_frames: int = 2
     window_frames: int = 6
     # budgets (minutes) and checkpoints
-    minutes: dict = field(default_factory=lambda: {"vae": 36.0, "vae_dec": 32.0, "t2v": 48.0, "ar": 14.0})
+    minutes: dict = field(default_factory=lambda: {"vae": 14.0, "vae_dec": 10.0, "t2v": 40.0, "ar": 8.0})
     ckpt_minutes: float = 3.0
 
     def __post_init__(self) -> None:
@@ -185,7 +190,7 @@ def build_transformer(cfg: TrainConfig):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 4, 4),
+        patch_size=(1, cfg.patch, cfg.patch),
         num_attention_heads=cfg.dim_heads,
         attention_head_dim=cfg.head_dim,
         in_channels=16,
@@ -261,6 +266,31 @@ class _EMA:
                 self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
             else:
                 self.shadow[k].copy_(v)
+
+
+def _mix_loss(vae, z: torch.Tensor, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Latent-linearity loss: a blend of two latents must decode to the same blend of the two clips.
+
+    Without it the tiny VAE's latent space is strongly non-linear (half the latent of a red object
+    decodes as a green one), and a denoiser's blurry early predictions -- blends by construction --
+    decode to blobs of the wrong colour. Half of the batch, paired with the other half."""
+    if z.shape[0] < 2:
+        return z.new_zeros(())
+    h = z.shape[0] // 2
+    a = torch.rand((h, 1, 1, 1, 1), generator=gen)
+    zm = a * z[:h] + (1 - a) * z[h : 2 * h]
+    xm = a * x[:h] + (1 - a) * x[h : 2 * h]
+    ym = vae.decode(zm).sample
+    return (ym - xm).abs().mean() + F.mse_loss(ym, xm)
+
+
+def _foreground_weight(x0: torch.Tensor, weight: float) -> torch.Tensor:
+    """1 + ``weight`` at latent positions that differ from their frame's background (the per-channel
+    median over the frame), dilated by one latent pixel; shape [B, 1, F, H, W]."""
+    bg = x0.flatten(3).median(dim=-1).values[..., None, None]
+    m = ((x0 - bg).abs().mean(dim=1, keepdim=True) > 0.3).float()
+    m = F.max_pool3d(m, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+    return 1.0 + weight * m
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -368,7 +398,9 @@ class Trainer:
         clips = []
         for _ in range(batch or cfg.vae_batch):
             p = random_prompt(rng, p_core=0.6, p_two=0.2)
-            plan = plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)), texture=None)
+            # the VAE sees objects anywhere in the frame (crops), whatever layout the transformer data uses
+            plan = plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)),
+                              texture=None, layout="anywhere")
             start = int(rng.integers(0, 64)) if rng.random() < 0.5 else 0
             v = render_plan(plan, frames, start_frame=start)
             c = cfg.vae_crop
@@ -382,51 +414,70 @@ class Trainer:
             clips.append(_video_tensor(v[:, y0 : y0 + c, x0 : x0 + c]))
         return torch.stack(clips)
 
-    def stage_vae(self):
+    def _fit_vae(self, stage: str, vae, params: list, *, total: int, lr: float, warmup: int, seed_mul: int,
+                 batch, train_encoder: bool) -> tuple[int, float, "_Budget"]:
+        """The loop both VAE stages share: resumable AdamW on reconstruction + latent-linearity losses.
+
+        ``batch(step)`` gives the clips; with ``train_encoder`` the encoder learns too (and a light
+        penalty on the posterior mean keeps the latent scale bounded), else it is frozen."""
         cfg = self.cfg
-        ck = self.work / "vae_ckpt.pt"
-        vae = build_vae()
-        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        ck = self.work / f"{stage}_ckpt.pt"
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         step, elapsed = 0, 0.0
         if ck.is_file():
             st = torch.load(ck, weights_only=False)
             vae.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
             step, elapsed = st["step"], st["elapsed"]
-            logger.info("vae: resumed at step %d", step)
-        budget = _Budget(cfg.minutes.get("vae"), elapsed)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
+            logger.info("%s: resumed at step %d", stage, step)
+        budget = _Budget(cfg.minutes.get(stage), elapsed)
+        gen = torch.Generator()
         last_ck = time.time()
-        vae.train()
-        bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
-        while step < cfg.vae_steps and not budget.over():
-            gen.manual_seed(cfg.seed * 1_000_003 + step)
-            x = self._vae_batch(step)
+        (vae if train_encoder else vae.decoder).train()
+        bar = tqdm(total=total, initial=step, desc=stage, dynamic_ncols=True)
+        rec = torch.tensor(float("nan"))
+
+        def save():
+            _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+
+        while step < total and not budget.over():
+            gen.manual_seed(cfg.seed * seed_mul + step)
+            x = batch(step)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr, warmup=30)
-            post = vae.encode(x).latent_dist
+                g["lr"] = _lr_at(step, total, lr, warmup=warmup)
+            with torch.set_grad_enabled(train_encoder):
+                mean = vae.encode(x).latent_dist.mean
             # near-deterministic autoencoder: the posterior mean plus a small fixed noise (the
-            # posterior's own std starts at ~1 and would drown the signal for most of a short run);
-            # a light penalty on the mean keeps the latent scale bounded
-            z = post.mean + cfg.vae_noise * torch.randn(post.mean.shape, generator=gen)
+            # posterior's own std starts at ~1 and would drown the signal for most of a short run)
+            z = mean + cfg.vae_noise * torch.randn(mean.shape, generator=gen)
             y = vae.decode(z).sample
             rec = (y - x).abs().mean() + F.mse_loss(y, x)
-            loss = rec + cfg.vae_kl * post.mean.pow(2).mean()
+            loss = rec + cfg.vae_kl * mean.pow(2).mean() if train_encoder else rec  # light bound on the latent scale
+            loss = loss + cfg.vae_mix * _mix_loss(vae, z, x, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             bar.update(1)
             bar.set_postfix(rec=f"{rec.item():.4f}")
             if time.time() - last_ck > cfg.ckpt_minutes * 60:
-                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+                save()
                 last_ck = time.time()
         bar.close()
-        if step < cfg.vae_steps:
-            logger.warning("vae: time budget reached at step %d/%d", step, cfg.vae_steps)
-        _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
+        if step < total:
+            logger.warning("%s: time budget reached at step %d/%d", stage, step, total)
+        save()
         vae.eval()
+        return step, float(rec.item()), budget
+
+    def stage_vae(self):
+        cfg = self.cfg
+        vae = build_vae()
+        step, rec, budget = self._fit_vae(
+            "vae", vae, list(vae.parameters()), total=cfg.vae_steps, lr=cfg.vae_lr, warmup=30, seed_mul=1_000_003,
+            batch=self._vae_batch, train_encoder=True,
+        )
         # latent statistics on full-size clips -> latents_mean / latents_std
         rng = np.random.default_rng([cfg.seed, 11])
         zs = []
@@ -435,75 +486,40 @@ class Trainer:
                 vids = []
                 for _ in range(8):
                     p = random_prompt(rng)
-                    vids.append(_video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)), texture=None), cfg.short_frames)))
+                    vids.append(_video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=int(rng.integers(HELDOUT_SEED_BASE)), texture=None, layout="anywhere"), cfg.short_frames)))
                 zs.append(vae.encode(torch.stack(vids)).latent_dist.mode())
         z = torch.cat(zs)
         mean = z.mean(dim=(0, 2, 3, 4))
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
         vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean], latents_std=[round(float(v), 6) for v in std])
         vae.save_pretrained(self.work / "vae_final")
-        self._mark_done("vae", budget.elapsed, steps=step, final_rec=float(rec.item()))
+        self._mark_done("vae", budget.elapsed, steps=step, final_rec=rec)
 
     # -- stage 2b: decoder fine-tuning ---------------------------------------------------------
     def stage_vae_dec(self):
         """Fine-tune the decoder (and ``post_quant_conv``) with the encoder frozen: the latents the
         transformer is trained on stay valid while reconstructions get sharper."""
         cfg = self.cfg
-        ck = self.work / "vae_dec_ckpt.pt"
         vae = self.load_vae()
         params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
         for p in vae.parameters():
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=cfg.vae_dec_lr, weight_decay=0.0)
-        step, elapsed = 0, 0.0
-        if ck.is_file():
-            st = torch.load(ck, weights_only=False)
-            vae.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-            step, elapsed = st["step"], st["elapsed"]
-            logger.info("vae_dec: resumed at step %d", step)
-        budget = _Budget(cfg.minutes.get("vae_dec"), elapsed)
-        gen = torch.Generator()
-        last_ck = time.time()
-        vae.decoder.train()
-        bar = tqdm(total=cfg.vae_dec_steps, initial=step, desc="vae_dec", dynamic_ncols=True)
-        rec = torch.tensor(float("nan"))
-        while step < cfg.vae_dec_steps and not budget.over():
-            gen.manual_seed(cfg.seed * 1_000_033 + step)
-            # 17-frame clips (5 latent frames): the causal caches reach their steady state only
-            # from the 4th latent frame on, which 9-frame clips never show the decoder
-            x = self._vae_batch(100_000 + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg.vae_dec_steps, cfg.vae_dec_lr, warmup=20)
-            with torch.no_grad():
-                mean = vae.encode(x).latent_dist.mean
-            z = mean + cfg.vae_noise * torch.randn(mean.shape, generator=gen)
-            y = vae.decode(z).sample
-            rec = (y - x).abs().mean() + F.mse_loss(y, x)
-            opt.zero_grad(set_to_none=True)
-            rec.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(rec=f"{rec.item():.4f}")
-            if time.time() - last_ck > cfg.ckpt_minutes * 60:
-                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
-                last_ck = time.time()
-        bar.close()
-        if step < cfg.vae_dec_steps:
-            logger.warning("vae_dec: time budget reached at step %d/%d", step, cfg.vae_dec_steps)
-        _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
-        vae.eval()
+        # 17-frame clips (5 latent frames): the causal caches reach their steady state only from the
+        # 4th latent frame on, which 9-frame clips never show the decoder
+        step, rec, budget = self._fit_vae(
+            "vae_dec", vae, params, total=cfg.vae_dec_steps, lr=cfg.vae_dec_lr, warmup=20, seed_mul=1_000_033,
+            batch=lambda step: self._vae_batch(100_000 + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch),
+            train_encoder=False,
+        )
         tmp = self.work / "vae_final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         vae.save_pretrained(tmp)
         shutil.rmtree(self.work / "vae_final")
         os.replace(tmp, self.work / "vae_final")
-        self._mark_done("vae_dec", budget.elapsed, steps=step, final_rec=float(rec.item()))
+        self._mark_done("vae_dec", budget.elapsed, steps=step, final_rec=rec)
 
     # -- stage 2: latents ---------------------------------------------------------------------
     def stage_latents(self):
@@ -526,7 +542,8 @@ class Trainer:
             with torch.no_grad():
                 for i in range(n_done, len(clips), bs):
                     vids = [
-                        _video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=s, texture=None), frames))
+                        _video_tensor(render_plan(plan_scene(p, height=cfg.height, width=cfg.width, seed=s, texture=None,
+                                                               layout=cfg.layout), frames))
                         for p, s in clips[i : i + bs]
                     ]
                     z = vae.encode(torch.stack(vids)).latent_dist.mode()
@@ -577,7 +594,7 @@ class Trainer:
         T = cfg.short_frames // 4 + 1  # latent frames of a T2V clip
         W = cfg.window_frames
         n_lat_long = lat_l.shape[2]
-        tpf = (lat_s.shape[3] // 4) * (lat_s.shape[4] // 4)
+        tpf = (lat_s.shape[3] // cfg.patch) * (lat_s.shape[4] // cfg.patch)
         last_ck = time.time()
         losses: list[float] = []
         model.train()
@@ -626,12 +643,15 @@ class Trainer:
             xt = (1 - s_b) * x0 + s_b * eps
             target = eps - x0
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, lr)
+                g["lr"] = _lr_at(step, total, lr, warmup=cfg.warmup)
             pred = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+            if cfg.fg_weight > 0:
+                fg = _foreground_weight(x0, cfg.fg_weight)
+                loss_w = fg if loss_w is None else loss_w * fg
             if loss_w is None:
                 loss = F.mse_loss(pred, target)
             else:
-                loss = ((pred - target) ** 2 * loss_w).sum() / (loss_w.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4]).clamp_min(1)
+                loss = ((pred - target) ** 2 * loss_w).sum() / loss_w.expand_as(pred).sum().clamp_min(1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
