@@ -150,6 +150,10 @@ def section_quality(out_dir: str, steps: int | None, seeds: int) -> dict:
         BenchConfig.from_configs("fp8", QuantConfig(format="fp8")),
         BenchConfig.from_configs("fp8-w8a16", QuantConfig(format="fp8", activations="none")),
         BenchConfig.from_configs("nvfp4", QuantConfig(format="nvfp4")),
+        BenchConfig.from_configs("nvfp4+fp8-fragile", QuantConfig(format="nvfp4", skip_format="fp8")),
+        # the ÷3.52 variant: time/text MLPs in NVFP4 too, modulation projection FP8 (see the bytes table)
+        BenchConfig.from_configs("nvfp4-lean", QuantConfig(format="nvfp4", skip=[r"^proj_out$", r"patch_embed", r"time_proj"],
+                                                           skip_format="fp8")),
         BenchConfig.from_configs("mixed", QuantConfig(format="mixed", plan=plan)),
     ]
     report = run_benchmark(pipe, configs, prompts=prompts, seeds=list(range(seeds)), call_kwargs=call_kwargs,
