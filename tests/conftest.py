@@ -98,6 +98,16 @@ def test_techniques():
 PIPELINE_KINDS = ["wan21", "wan22", "cogvideox-1.0", "cogvideox-1.5"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-shape tests: on the shared 2-core machine two threads contend
+    and run 5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_pipeline(kind: str):
     from vidaccel import testing
 

@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vidaccel.eval import shapes_score, shapes_score_segments  # noqa: E402
-from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR, embedded_path  # noqa: E402
+from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
 from vidaccel.models.causal import (  # noqa: E402
     CausalConfig,
     apply_block_causal,

@@ -30,13 +30,7 @@ TRAIN = ["a red circle moving right", "a green ball moving up", "a yellow box mo
 HELD_OUT = ["a blue square moving down slowly"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread here: on the shared 2-core machine two threads contend and run 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny shapes, no contention
 
 
 def rel(a, b) -> float:

@@ -28,13 +28,7 @@ from vidaccel.kernels.linear_attention.naive import elu_feature_map
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread here: on the shared 2-core machine two threads contend and run 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny shapes, no contention
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ SHAPES = [(1, 100, 72), (63, 100, 72), (1000, 40, 24)]  # (M, K, N): K not a mul
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is as fast and does not fight the other jobs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny shapes, no contention
 
 
 @pytest.fixture

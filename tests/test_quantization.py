@@ -35,13 +35,7 @@ STEPS = 2  # denoising steps per tiny pipeline call: enough to exercise everythi
 SQNR_FLOOR = {"fp8": 27.0, "nvfp4": 17.0}  # mean per-layer SQNR on the tiny models' own activations
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is as fast and does not fight the other jobs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny shapes, no contention
 
 
 def _linear_names(model):

@@ -416,12 +416,13 @@ class FeatureCache(Technique):
             return False
         return not self.per_block or i in (state.cached_blocks or ())
 
-    def _guarded(self, state: _BranchState) -> bool:
-        """True when a guard forces this call to compute."""
+    def _guarded(self, state: _BranchState, skip_cap: bool = True) -> bool:
+        """True when a guard forces this call to compute (``skip_cap=False``: all but the cap on consecutive
+        skips, which ``cfg_interval`` replaces for CFG reuse)."""
         cfg = self.config
         if cfg.threshold <= 0 or state.calls < cfg.warmup_steps:
             return True
-        if state.consecutive_skips >= cfg.max_consecutive_skips:
+        if skip_cap and state.consecutive_skips >= cfg.max_consecutive_skips:
             return True
         total = state.total_steps
         if total is None:
@@ -468,17 +469,13 @@ class FeatureCache(Technique):
 
     def _cfg_reusable(self, state: _BranchState) -> bool:
         """Uncond call of a sequential-CFG model: reuse the cond residual of this step plus the difference?"""
-        if not self.cfg_active or self.config.threshold <= 0 or state.context_name != "uncond" or state.cfg_delta is None:
+        if not self.cfg_active or state.context_name != "uncond" or state.cfg_delta is None:
             return False
         if self.cond_residual is None or self.cond_residual[0] != state.step:
             return False
         if not _same_shapes(state.cfg_delta, self.cond_residual[1]) or state.cfg_since + 1 >= self.config.cfg_interval:
             return False
-        cfg = self.config
-        if state.calls < cfg.warmup_steps:
-            return False
-        total = state.total_steps
-        return total is None or state.step < total - cfg.final_steps
+        return not self._guarded(state, skip_cap=False)
 
     def _choose_cached_blocks(self, state: _BranchState) -> None:
         scores = {i: sum(v) / len(v) for i, v in state.block_change.items() if v}

@@ -32,25 +32,11 @@ EMBEDDED_DTYPE_NAME = "float32"
 
 #: Default ``WanPipeline.__call__`` settings per embedded model. ``max_sequence_length`` is the text
 #: length the models were trained with (prompts are zero-padded to it): pass it to the pipeline.
+_COMMON_DEFAULTS = dict(height=128, width=128, guidance_scale=4.0, negative_prompt="", max_sequence_length=32)
 EMBEDDED_DEFAULTS: dict[str, dict] = {
-    "shapes-t2v": dict(
-        height=128,
-        width=128,
-        num_frames=17,
-        num_inference_steps=25,
-        guidance_scale=4.0,
-        negative_prompt="",
-        max_sequence_length=32,
-    ),
+    "shapes-t2v": dict(_COMMON_DEFAULTS, num_frames=17, num_inference_steps=25),
     # for vidaccel.models.causal.generate_ar_recompute (num_chunks is the caller's choice)
-    "shapes-ar": dict(
-        height=128,
-        width=128,
-        num_inference_steps=20,
-        guidance_scale=4.0,
-        negative_prompt="",
-        max_sequence_length=32,
-    ),
+    "shapes-ar": dict(_COMMON_DEFAULTS, num_inference_steps=20),
 }
 
 

@@ -299,6 +299,26 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _resume(ck: Path, model: torch.nn.Module, opt, stage: str) -> tuple[int, float, dict]:
+    """Restore a stage's model and optimizer from its checkpoint: ``(step, elapsed seconds, state)``
+    (``(0, 0.0, {})`` when there is none yet)."""
+    if not ck.is_file():
+        return 0, 0.0, {}
+    st = torch.load(ck, weights_only=False)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    logger.info("%s: resumed at step %d", stage, st["step"])
+    return st["step"], st["elapsed"], st
+
+
+def _optimizer_step(opt, loss: torch.Tensor, params) -> None:
+    """Backward, clip the gradient norm to 1 and step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def _lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -423,13 +443,7 @@ class Trainer:
         cfg = self.cfg
         ck = self.work / f"{stage}_ckpt.pt"
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        step, elapsed = 0, 0.0
-        if ck.is_file():
-            st = torch.load(ck, weights_only=False)
-            vae.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-            step, elapsed = st["step"], st["elapsed"]
-            logger.info("%s: resumed at step %d", stage, step)
+        step, elapsed, _ = _resume(ck, vae, opt, stage)
         budget = _Budget(cfg.minutes.get(stage), elapsed)
         gen = torch.Generator()
         last_ck = time.time()
@@ -454,10 +468,7 @@ class Trainer:
             rec = (y - x).abs().mean() + F.mse_loss(y, x)
             loss = rec + cfg.vae_kl * mean.pow(2).mean() if train_encoder else rec  # light bound on the latent scale
             loss = loss + cfg.vae_mix * _mix_loss(vae, z, x, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            _optimizer_step(opt, loss, params)
             step += 1
             bar.update(1)
             bar.set_postfix(rec=f"{rec.item():.4f}")
@@ -581,14 +592,9 @@ class Trainer:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = _EMA(model, cfg.ema)
         ck = self.work / f"{stage}_ckpt.pt"
-        step, elapsed = 0, 0.0
-        if ck.is_file():
-            st = torch.load(ck, weights_only=False)
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
+        step, elapsed, st = _resume(ck, model, opt, stage)
+        if st:
             ema.shadow = st["ema"]
-            step, elapsed = st["step"], st["elapsed"]
-            logger.info("%s: resumed at step %d", stage, step)
         budget = _Budget(cfg.minutes.get(stage), elapsed)
         gen = torch.Generator()
         T = cfg.short_frames // 4 + 1  # latent frames of a T2V clip
@@ -652,10 +658,7 @@ class Trainer:
                 loss = F.mse_loss(pred, target)
             else:
                 loss = ((pred - target) ** 2 * loss_w).sum() / loss_w.expand_as(pred).sum().clamp_min(1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            _optimizer_step(opt, loss, model.parameters())
             ema.update(model, step)
             step += 1
             losses.append(loss.item())
