@@ -44,6 +44,9 @@ PROMPTS = [
 
 def vidaccel_configs(quick: bool) -> list[BenchConfig]:
     sweep: list[tuple[str, CacheConfig]] = []
+    # whole-call forecasting on a fixed interval (the speed knob; threshold is its divergence guard)
+    for interval in ([3, 5] if quick else [2, 3, 4, 5, 6]):
+        sweep.append((f"forecast:{interval}", CacheConfig(policy="forecast", interval=interval, warmup_steps=3)))
     thresholds = [0.1, 0.2] if quick else [0.05, 0.1, 0.15, 0.2, 0.3, 0.45]
     for thr in thresholds:
         sweep.append((f"block:{thr:g}", CacheConfig(threshold=thr, policy="block")))
@@ -68,7 +71,7 @@ def peer_names(quick: bool) -> list[str]:
     names = ["fbc:0.1", "magcache:0.06", "taylorseer:3"] if quick else [
         "fbc:0.05", "fbc:0.1", "fbc:0.2", "fbc:0.3",
         "magcache:0.03", "magcache:0.06", "magcache:0.12", "magcache:0.24",
-        "taylorseer:2", "taylorseer:3", "taylorseer:5",
+        "taylorseer:2", "taylorseer:3", "taylorseer:4", "taylorseer:5", "taylorseer:6",
     ]
     try:
         import cache_dit  # noqa: F401

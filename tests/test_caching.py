@@ -19,6 +19,7 @@ POLICY_CONFIGS = {
     "block-taylor2": dict(policy="block", forecast_order=2),
     "step": dict(policy="step"),
     "profiled": dict(policy="profiled", forecast_order=1),
+    "forecast": dict(policy="forecast", interval=3),
 }
 
 
@@ -200,9 +201,14 @@ def test_warns_when_nothing_is_skipped(caplog):
     (dict(cache_ratio=0.0), "cache_ratio"),
     (dict(cfg_interval=1), "cfg_interval"),
     (dict(cfg_interval=-2), "cfg_interval"),
+    (dict(policy="forecast", cfg_interval=2), "cfg_interval"),
+    (dict(policy="forecast", interval=0), "interval"),
+    (dict(policy="forecast", compute_front=1), "compute_front"),
+    (dict(policy="forecast", compute_back=2), "compute_back"),
+    (dict(policy="forecast", forecast_order=2, warmup_steps=2), "warmup_steps"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=f"CacheConfig.{field}="):
+    with pytest.raises(ValueError, match=f"CacheConfig.{field}"):
         CacheConfig(**kwargs)
 
 
@@ -308,3 +314,54 @@ def test_cfg_interval_per_wan22_expert_and_with_the_step_policy():
         assert stats["cfg_reused_calls"] > 0
     with pytest.raises(ValueError, match="CacheConfig.cfg_interval is not allowed with policy='profiled'"):
         CacheConfig(policy="profiled", cfg_interval=2)
+
+
+def test_forecast_policy_skips_whole_calls_on_its_interval():
+    pipe = make_pipeline("wan21")
+    base = run_pipe(pipe, num_inference_steps=12)
+    vidaccel.apply(pipe, CacheConfig(threshold=10.0, policy="forecast", interval=3, warmup_steps=3))
+    out = run_pipe(pipe, num_inference_steps=12)
+    stats = cache_stats(pipe)
+    layers = pipe.transformer.config.num_layers
+    for ctx in ("cond", "uncond"):
+        flags = [s["computed"] for s in stats["per_step"] if s["context"] == ctx]
+        # warm-up 0-2, then every 3rd call (2, 5, 8), the final step (11)
+        assert flags == [True, True, True, False, False, True, False, False, True, False, False, True]
+    assert stats["blocks_skipped"] == stats["skipped_calls"] * layers == 12 * layers
+    assert stats["per_block"]["computed"] == [12] * layers
+    assert np.isfinite(out).all() and not np.array_equal(out, base)
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=12), out)
+
+
+def test_forecast_policy_extrapolates_the_last_two_computed_outputs():
+    """A skipped call returns the first-order extrapolation (in the step index) of the last two computed
+    outputs, for any step pattern, without running the model."""
+    pipe = make_pipeline("wan21")
+    model = pipe.transformer
+    vidaccel.apply(model, CacheConfig(threshold=10.0, policy="forecast", interval=4, num_inference_steps=10))
+    x = torch.randn(1, 16, 3, 4, 4)
+    text = torch.randn(1, 16, 32)
+    outs = []
+    with torch.no_grad():
+        for k, t in enumerate(torch.linspace(999, 100, 10)):
+            outs.append(model(hidden_states=x * (1.0 + 0.1 * k), timestep=torch.full((1,), 500.0),
+                              encoder_hidden_states=text, return_dict=False)[0])
+    stats = cache_stats(model)
+    assert stats["skipped_calls"] > 0
+    computed = [k for k, s in enumerate(stats["per_step"]) if s["computed"]]
+    for k, s in enumerate(stats["per_step"]):
+        if not s["computed"]:
+            k1, k0 = [c for c in computed if c < k][-1], [c for c in computed if c < k][-2]
+            expected = outs[k1] + (outs[k1] - outs[k0]) * (k - k1) / (k1 - k0)
+            torch.testing.assert_close(outs[k], expected, rtol=0, atol=1e-6)
+
+
+def test_forecast_error_guard_computes_the_next_call():
+    pipe = make_pipeline("wan21")
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-9, policy="forecast", interval=3, warmup_steps=2))
+    run_pipe(pipe, num_inference_steps=12, guidance_scale=1.0)
+    steps = cache_stats(pipe)["per_step"]
+    flags = [s["computed"] for s in steps]
+    # calls 2 and 3 are forecast; call 4 measures a forecast error > 1e-9, so every later call computes
+    assert flags == [True, True, False, False] + [True] * 8
+    assert all(s["indicator"] > 1e-9 for s in steps[4:])
