@@ -22,16 +22,17 @@ per-branch state and stats):
     decision (same indicator as ``"block"``) only they reuse their residuals while the volatile blocks are
     computed.
 
-``"forecast"`` (whole-call Taylor forecasting, as TaylorSeer / FORA but one level up)
-    After the warm-up calls every ``interval``-th call runs the transformer; the calls in between run
-    nothing at all: the model's output is forecast from the last computed outputs by a Taylor expansion in
-    the step index. Skipping the whole call (not only the blocks) also saves the embeddings, the output
-    head and the hooks, so a skipped call costs one axpy. ``interval`` is the speed knob. ``threshold`` is a
-    divergence guard (default 1.0): at every computed call the forecast it replaces is measured against the
-    real output (``vidaccel.stats`` reports it per step), and when the relative L1 error exceeds
-    ``threshold`` the next call computes too. A tight guard is not a quality knob: the extra computed call
-    sits one step from the previous one, and a slope taken over one step carries the model's step-to-step
-    jitter into the next forecasts (measured: interval 3 falls from 40.5 dB to 27.5 dB with threshold 0.5).
+``"call"`` (whole-call caching: the transformer output itself is cached, as in FORA / Δ-DiT one level up)
+    A skipped call runs nothing at all: not the blocks, not the embeddings, not the output head, not the
+    hooks. It returns the last computed output (``forecast_order=0``, the default) or its Taylor forecast in
+    the step index. The gap to the next computed call is chosen online, with no per-model coefficients: each
+    computed call measures the error the skip it ends would have made (relative L1 between the reused /
+    forecast output and the real one, over a gap of ``k`` calls), turns it into a per-call rate
+    ``r = error / k^(order+1)``, and skips the next ``g − 1`` calls for the largest ``g ≤ interval`` with
+    ``r · g^(order+1) ≤ threshold``. ``threshold=inf`` gives a fixed schedule (every ``interval``-th call).
+    On the embedded model plain reuse is the robust choice: the output jitters from step to step, so a
+    slope extrapolates the jitter, and on two of six prompts any slope (even damped ×0.3) flipped the
+    result (PSNR 12-25 dB) where reuse stayed at 34-41 dB.
 
 ``cfg_interval`` (sequential CFG, i.e. Wan's separate ``"cond"`` / ``"uncond"`` calls; FasterCache's
 CFG-Cache, arXiv:2410.19355) computes the unconditional branch's skippable blocks only on every
@@ -68,6 +69,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CacheConfig", "POLICIES"]
 
-POLICIES = ("block", "step", "profiled", "forecast")
+POLICIES = ("block", "step", "profiled", "call")
 _CONTROLLER_HOOK = "vidaccel_cache_controller"
 _BLOCK_HOOK = "vidaccel_cache_block"
 _DEFAULT_CONTEXT = "default"
@@ -95,30 +97,30 @@ class CacheConfig:
 
     Args:
         threshold: skip budget, a relative L1 change; larger is faster. ``0.0`` never skips (bit-identical
-            to no cache). Default 0.1; 1.0 for ``"forecast"``, where it is the divergence guard.
-        policy: ``"block"``, ``"step"``, ``"profiled"`` or ``"forecast"``.
+            to no cache). For ``"call"`` the tolerated output error per skipped stretch (see the module
+            docstring).
+        policy: ``"block"``, ``"step"``, ``"profiled"`` or ``"call"``.
         forecast_order: 0 reuses a skipped residual as is; 1 or 2 forecasts it (Taylor in the step index).
-            Default: 1 for ``"forecast"``, 0 otherwise.
         compute_front: blocks always computed before the skippable ones (default: 1 for ``"block"`` and
-            ``"profiled"``, 0 for ``"step"``; ``"forecast"`` skips whole calls and takes no blocks).
+            ``"profiled"``, 0 for ``"step"``; ``"call"`` skips whole calls and takes no blocks).
         compute_back: blocks always computed after the skippable ones (default 0).
         warmup_steps: first calls of every CFG branch / expert that always compute (≥ 2 for ``"step"``
             and ``"profiled"``, which learn from them).
-        max_consecutive_skips: cap on skipped calls in a row (≥ 1; ``"forecast"`` uses ``interval``).
+        max_consecutive_skips: cap on skipped calls in a row (≥ 1; ``"call"`` uses ``interval``).
         final_steps: last denoising steps that always compute.
         cache_ratio: ``"profiled"`` only: fraction of the skippable blocks that are cached.
         cfg_interval: 0 (off) or ≥ 2: sequential-CFG models only (Wan); the unconditional branch computes
             its skippable blocks every ``cfg_interval``-th call and otherwise reuses the conditional
             branch's residual plus the last measured difference. ``"block"`` and ``"step"`` only.
-        interval: ``"forecast"`` only: after the warm-up, every ``interval``-th call computes (≥ 1; 1 never
-            skips).
+        interval: ``"call"`` only: the longest gap between computed calls, i.e. at most ``interval − 1``
+            skipped calls in a row (≥ 1; 1 never skips).
         num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
             final-step guard knows where the end is.
     """
 
-    threshold: float | None = None
+    threshold: float = 0.1
     policy: str = "block"
-    forecast_order: int | None = None
+    forecast_order: int = 0
     compute_front: int | None = None
     compute_back: int = 0
     warmup_steps: int = 2
@@ -126,34 +128,30 @@ class CacheConfig:
     final_steps: int = 1
     cache_ratio: float = 0.5
     cfg_interval: int = 0
-    interval: int = 3
+    interval: int = 4
     num_inference_steps: int | None = None
 
     def __post_init__(self):
-        if self.threshold is None:
-            self.threshold = 1.0 if self.policy == "forecast" else 0.1
         if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
             raise ValueError(f"CacheConfig.threshold={self.threshold!r} is not allowed: it must be a number >= 0")
         if self.policy not in POLICIES:
             raise ValueError(f"CacheConfig.policy={self.policy!r} is not allowed; choose one of {', '.join(POLICIES)}")
-        if self.forecast_order is None:
-            self.forecast_order = 1 if self.policy == "forecast" else 0
         if self.forecast_order not in (0, 1, 2):
             raise ValueError(f"CacheConfig.forecast_order={self.forecast_order!r} is not allowed: use 0, 1 or 2")
         if self.compute_front is None:
-            self.compute_front = 0 if self.policy in ("step", "forecast") else 1
+            self.compute_front = 0 if self.policy in ("step", "call") else 1
         for name in ("compute_front", "compute_back", "warmup_steps", "final_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"CacheConfig.{name}={value!r} is not allowed: it must be an integer >= 0")
-        if self.policy == "forecast" and (self.compute_front or self.compute_back):
+        if self.policy == "call" and (self.compute_front or self.compute_back):
             field_ = "compute_front" if self.compute_front else "compute_back"
-            raise ValueError(f"CacheConfig.{field_}={getattr(self, field_)} is not allowed with policy='forecast': "
+            raise ValueError(f"CacheConfig.{field_}={getattr(self, field_)} is not allowed with policy='call': "
                              "it skips whole transformer calls, so no block is computed apart; leave it at 0")
-        if self.policy == "forecast" and self.warmup_steps < self.forecast_order + 1:
-            raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy='forecast' "
-                             f"and forecast_order={self.forecast_order}: the forecast needs "
-                             f">= {self.forecast_order + 1} computed calls")
+        if self.policy == "call" and self.warmup_steps < self.forecast_order + 2:
+            raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy='call' and "
+                             f"forecast_order={self.forecast_order}: the error rate is first measured on call "
+                             f"{self.forecast_order + 2}, so it needs >= {self.forecast_order + 2}")
         if not isinstance(self.interval, int) or self.interval < 1:
             raise ValueError(f"CacheConfig.interval={self.interval!r} is not allowed: it must be an integer >= 1")
         if self.policy in ("block", "profiled") and self.compute_front < 1:
@@ -170,7 +168,7 @@ class CacheConfig:
         if not isinstance(self.cfg_interval, int) or self.cfg_interval < 0 or self.cfg_interval == 1:
             raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval!r} is not allowed: use 0 (off) or an "
                              "integer >= 2")
-        if self.cfg_interval and self.policy in ("profiled", "forecast"):
+        if self.cfg_interval and self.policy in ("profiled", "call"):
             raise ValueError(f"CacheConfig.cfg_interval is not allowed with policy={self.policy!r} (it reuses the "
                              "skippable span's residual); use policy='block' or 'step'")
         if self.num_inference_steps is not None and self.num_inference_steps < 1:
@@ -245,8 +243,8 @@ class _BranchState:
         self.cfg_reuse = False                  # this call reuses the cond residual (+ difference)
         self.cfg_delta: tuple | None = None     # uncond − cond stack residual at the last full uncond call
         self.cfg_since = 0                      # uncond calls since the last full one
-        self.force_next = False                 # "forecast": the error guard tripped, compute the next call
-        self.output_type: Any = tuple           # "forecast": how the transformer returns its output
+        self.gap = 1                            # "call": calls from the last computed one to the next
+        self.output_type: Any = tuple           # "call": how the transformer returns its output
 
 
 class _ContextStates(StateManager):
@@ -295,9 +293,9 @@ class _ControllerHook(ModelHook):
         tech = self.technique
         if not tech.whole_call:
             return self.fn_ref.original_forward(*args, **kwargs)
-        forecast = tech.forecast_call(tech.current)
-        if forecast is not None:
-            return forecast
+        cached = tech.cached_call(tech.current)
+        if cached is not None:
+            return cached
         output = self.fn_ref.original_forward(*args, **kwargs)
         tech.record_call(tech.current, output)
         return output
@@ -368,7 +366,7 @@ class FeatureCache(Technique):
         cfg = self.config
         blocks = self.spec.blocks(self.model)
         n = len(blocks)
-        self.whole_call = cfg.policy == "forecast"
+        self.whole_call = cfg.policy == "call"
         if cfg.compute_front + cfg.compute_back >= n:
             raise ValueError(
                 f"CacheConfig.compute_front + compute_back = {cfg.compute_front + cfg.compute_back} leaves no block to "
@@ -385,7 +383,7 @@ class FeatureCache(Technique):
         self.current: _BranchState | None = None
         self._controller = _ControllerHook(self)
         HookRegistry.check_if_exists_or_initialize(self.model).register_hook(self._controller, _CONTROLLER_HOOK)
-        for i, block in enumerate(blocks if not self.whole_call else ()):  # "forecast" skips whole calls
+        for i, block in enumerate(blocks if not self.whole_call else ()):  # "call" skips whole calls
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
                 _BlockHook(self, i, carry_positions), _BLOCK_HOOK
             )
@@ -515,29 +513,35 @@ class FeatureCache(Technique):
         state.prev_mod = mod.detach()
 
     @torch.compiler.disable
-    def forecast_call(self, state: _BranchState):
-        """``"forecast"``: the forecast output of this whole call, or None when it must compute."""
-        if self._guarded(state, skip_cap=False) or state.force_next or not state.stack.ready():
+    def cached_call(self, state: _BranchState):
+        """``"call"``: the cached / forecast output of this whole call, or None when it must compute."""
+        if self._guarded(state, skip_cap=False) or not state.stack.ready():
             return None
-        if state.consecutive_skips + 1 >= self.config.interval:
+        if state.consecutive_skips + 1 >= state.gap:
             return None
         state.skip = True
-        sample = state.stack.predict(state.step)[0]
+        sample = state.stack.predict(state.step)[0].clone()  # a caller may write into its output in place
         for i in range(self.n_blocks):
             self.count(i, computed=False)
         return (sample,) if state.output_type is tuple else state.output_type(sample=sample)
 
     @torch.compiler.disable
     def record_call(self, state: _BranchState, output) -> None:
-        """``"forecast"``: measure the forecast this computed call replaces (the error guard), store it."""
+        """``"call"``: measure the error of the skip this computed call ends, choose the next gap, store."""
+        cfg = self.config
         sample = (output[0] if isinstance(output, tuple) else output.sample).detach()
         state.output_type = tuple if isinstance(output, tuple) else type(output)
         for i in range(self.n_blocks):
             self.count(i, computed=True)
-        state.force_next = False
-        if len(state.stack.items) > self.config.forecast_order and _same_shapes(state.stack.items[-1][1], (sample,)):
+        if len(state.stack.items) > cfg.forecast_order and _same_shapes(state.stack.items[-1][1], (sample,)):
+            k = state.step - state.stack.items[-1][0]
             state.indicator = _rel_l1(state.stack.predict(state.step), (sample,))
-            state.force_next = state.indicator > self.config.threshold
+            power = cfg.forecast_order + 1
+            rate = state.indicator / max(k, 1) ** power
+            gap = 1
+            while gap < cfg.interval and rate * (gap + 1) ** power <= cfg.threshold:
+                gap += 1
+            state.gap = gap
         state.stack.push(state.step, (sample,))
 
     def _cfg_reusable(self, state: _BranchState) -> bool:
@@ -648,12 +652,16 @@ class FeatureCache(Technique):
 
 
 # -- presets -------------------------------------------------------------------------------------------
-# Chosen from benchmarks/caching.py on the embedded shapes-t2v model (2026-11-21, see benchmarks/RESULTS.md):
-# quality 1.38x at 32.9 dB, balanced 1.67x at 26.8 dB, fast 2.08x at 24.1 dB (denoising speed-up, PSNR).
-register_preset("quality", lambda: [CacheConfig(threshold=0.1, policy="step", forecast_order=1,
-                                                max_consecutive_skips=5)],
-                "feature caching, conservative (step policy, threshold 0.1, first-order forecast)")
-register_preset("balanced", lambda: [CacheConfig(threshold=0.15, policy="block")],
-                "feature caching, balanced (block policy, threshold 0.15)")
-register_preset("fast", lambda: [CacheConfig(threshold=0.45, policy="block")],
-                "feature caching, aggressive (block policy, threshold 0.45)")
+# Chosen from benchmarks/caching.py on the embedded shapes-t2v model (25 steps, 6 prompts, 2026-11-21, see
+# benchmarks/RESULTS.md): whole-call caching on a fixed schedule was the fastest policy at every PSNR level.
+# quality 1.75x at 41.1 dB, balanced 2.41x at 37.3 dB, fast 3.42x at 31.5 dB (denoising speed-up, PSNR).
+def _call_schedule(interval: int) -> CacheConfig:
+    return CacheConfig(threshold=math.inf, policy="call", interval=interval, warmup_steps=3, final_steps=0)
+
+
+register_preset("quality", lambda: [_call_schedule(2)],
+                "feature caching, conservative (whole-call reuse on every 2nd call after 3 warm-up calls)")
+register_preset("balanced", lambda: [_call_schedule(3)],
+                "feature caching, balanced (whole-call reuse, 1 call in 3 computed after 3 warm-up calls)")
+register_preset("fast", lambda: [_call_schedule(5)],
+                "feature caching, aggressive (whole-call reuse, 1 call in 5 computed after 3 warm-up calls)")
