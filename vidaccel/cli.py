@@ -255,7 +255,10 @@ def cmd_generate(args) -> int:
         "decode {decoding_s:.2f}s | total {total_s:.2f}s".format(**run),
     ]
     for name, per_role in run["stats"].items():
-        lines.append(f"stats       {name}: {json.dumps(per_role, default=str)[:400]}")
+        # scalars only: the per-step / per-block logs stay in vidaccel.stats(pipe)
+        summary = {role: {k: v for k, v in st.items() if not isinstance(v, (dict, list))} if isinstance(st, dict) else st
+                   for role, st in per_role.items()} if isinstance(per_role, dict) else per_role
+        lines.append(f"stats       {name}: {json.dumps(summary, default=str)[:400]}")
     print("\n".join(lines))
     return 0
 
