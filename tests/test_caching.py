@@ -99,8 +99,9 @@ def test_wan22_experts_keep_their_own_state():
     assert low["skipped_calls"] > 0
 
 
+@pytest.mark.parametrize("policy", ["block", "call"])
 @pytest.mark.parametrize("variant", ["wan-i2v", "wan-v2v", "cogvideox-i2v", "cogvideox-1.5-i2v"])
-def test_pipeline_variants_run_without_context_errors(variant):
+def test_pipeline_variants_run_without_context_errors(variant, policy):
     from PIL import Image
 
     from vidaccel import testing
@@ -112,7 +113,7 @@ def test_pipeline_variants_run_without_context_errors(variant):
     pipe.set_progress_bar_config(disable=True)
     image = Image.new("RGB", (32, 32), (200, 30, 30))
     extra = {"video": [image] * 9} if variant.endswith("v2v") else {"image": image}
-    vidaccel.apply(pipe, CacheConfig(threshold=0.5))
+    vidaccel.apply(pipe, CacheConfig(threshold=0.5, policy=policy, interval=3, warmup_steps=2))
     kwargs = testing.tiny_call_kwargs(pipe, num_inference_steps=10)
     out = pipe(prompt="a red circle", generator=torch.Generator().manual_seed(0), **extra, **kwargs).frames
     assert np.isfinite(np.asarray(out)).all()
