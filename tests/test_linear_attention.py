@@ -189,9 +189,26 @@ def test_adapter_save_load_gives_identical_outputs(distilled):
     fresh = make_pipeline("wan21")  # same weights, a new process-like start
     vidaccel.apply(fresh, LinearAttentionConfig(adapter=str(result.adapter)))
     np.testing.assert_array_equal(run_pipe(fresh, **SIZE), a)
-    # a config carrying the adapter path is all `from_pretrained(accel=...)` / `load_pipeline(accel=...)` need:
-    # both resolve it through vidaccel.apply, exactly as above
     vidaccel.remove(fresh)
+
+
+def test_adapter_loads_through_from_pretrained_accel(distilled, tmp_path):
+    from vidaccel.pipelines import WanPipeline
+
+    _, result = distilled
+    make_pipeline("wan21").save_pretrained(tmp_path)
+    cfg = LinearAttentionConfig(adapter=str(result.adapter))
+    loaded = WanPipeline.from_pretrained(tmp_path, accel=cfg)
+    loaded.set_progress_bar_config(disable=True)
+    assert vidaccel.applied(loaded) == ["linear_attention"]
+    got = run_pipe(loaded, **SIZE)
+    assert vidaccel.stats(loaded)["linear_attention"]["transformer"]["ranking"] == result.ranking["transformer"]
+    plain = WanPipeline.from_pretrained(tmp_path)
+    plain.set_progress_bar_config(disable=True)
+    base = run_pipe(plain, **SIZE)
+    vidaccel.apply(plain, cfg)
+    np.testing.assert_array_equal(run_pipe(plain, **SIZE), got)
+    assert not np.array_equal(got, base)
 
 
 def test_adapter_on_a_model_with_another_layer_count_raises(distilled):
