@@ -207,6 +207,8 @@ def test_convert_wan_original_roundtrip(tmp_path):
     (["--switch", "1:"], "prompt after ':' is empty"),
     (["--seconds", "0"], "--seconds=0"),
     (["-o", "x.avi"], "--output='x.avi'"),
+    (["--preset", "warp"], "--preset='warp'"),
+    (["--window", "2", "--chunk", "2"], "--window=2"),
 ])
 def test_long_cli_bad_arguments_exit_2(args, needle, capsys):
     from vidaccel.cli import main
@@ -256,3 +258,71 @@ def test_prompt_switch_content_follows_the_new_prompt(embedded_ar, old, new, asp
     s_new = shapes_score_segments(out.frames, new, [before, after])
     assert s_old[0][aspect] > s_new[0][aspect] + 0.2, (s_old, s_new)
     assert s_new[1][aspect] > s_old[1][aspect] + 0.2, (s_old, s_new)
+
+
+def test_explicit_few_step_timesteps_are_used_exactly(pipe):
+    seen = []
+    forward = pipe.transformer.forward
+
+    def record(*args, **kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        seen.append(round(float(t.flatten()[0]), 3))
+        return forward(*args, **kwargs)
+
+    kw = dict(KW, num_frames=9)
+    kw.pop("num_inference_steps")
+    pipe.transformer.forward = record
+    try:
+        out = pipe("a red circle", timesteps=[1000, 750, 500, 250], **kw)
+    finally:
+        pipe.transformer.forward = forward
+    assert out.frames.shape[0] == 9 and np.isfinite(out.frames).all()
+    # 2 chunks; each: the 4 requested timesteps, then the commit pass at the context-noise timestep
+    denoise = [t for t in seen if t > pipe.causal_config.context_noise * 1000 + 1]
+    assert denoise == [1000.0, 750.0, 500.0, 250.0] * 2
+    again = pipe("a red circle", timesteps=[1000, 750, 500, 250], **kw)
+    np.testing.assert_array_equal(again.frames, out.frames)
+
+
+@pytest.mark.parametrize("bad", [[], [500, 750], [1200, 500], [500, 0]])
+def test_invalid_timesteps_raise(pipe, bad):
+    kw = dict(KW, num_frames=5)
+    kw.pop("num_inference_steps")
+    with pytest.raises(ValueError, match="timesteps="):
+        pipe("a red circle", timesteps=bad, **kw)
+
+
+@pytest.mark.parametrize("policy", ["call", "block"])
+def test_feature_cache_composes_and_never_skips_a_kv_write(pipe, policy):
+    import vidaccel
+    from vidaccel import CacheConfig
+
+    kw = dict(KW, num_frames=17, num_inference_steps=8)  # 3 chunks of 8 steps + 1 KV-writing pass each
+    base = pipe("a red circle", **kw).frames
+    vidaccel.apply(pipe, CacheConfig(threshold=10.0, policy=policy, interval=3, warmup_steps=2))
+    try:
+        out = pipe("a red circle", **kw).frames
+        stats = vidaccel.stats(pipe)["cache"]["transformer"]
+    finally:
+        vidaccel.remove(pipe)
+    assert np.isfinite(out).all() and not np.array_equal(out, base)
+    # only denoising calls are seen by the cache: 3 chunks x 8 steps, each chunk a new run with its warm-up
+    # and its final step computed; the KV-writing passes always run (bypass_cache)
+    assert stats["calls"] == 24 and stats["skipped_calls"] > 0
+    steps = stats["per_step"]
+    for c in range(3):
+        mine = steps[8 * c: 8 * (c + 1)]
+        assert [s["step"] for s in mine] == list(range(8))
+        assert mine[0]["computed"] and mine[1]["computed"] and mine[-1]["computed"]
+    np.testing.assert_array_equal(pipe("a red circle", **kw).frames, base)  # remove restores
+
+
+def test_long_cli_with_a_caching_preset(tmp_path, capsys):
+    from vidaccel.cli import main
+
+    out = tmp_path / "long.mp4"
+    assert main(["long", "a red circle moving right on a black background", "--frames", "17", "--steps", "6",
+                 "--preset", "fast", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accelerated preset fast" in printed and "17 frames" in printed
+    assert read_video(str(out)).shape[0] == 17

@@ -90,6 +90,16 @@ def _choice(name: str, allowed: Callable[[], Sequence[str]]) -> Callable[[str], 
     return parse
 
 
+def _long_presets() -> list[str]:
+    """Presets that compose with the long-video pipeline's own attention processors: caching and quantization
+    (attention-replacing techniques would displace its KV-cache processors)."""
+    from .accel.caching import CacheConfig
+    from .accel.quantization import QuantConfig
+    from .presets import available_presets, preset_configs
+
+    return [n for n in available_presets() if all(isinstance(c, (CacheConfig, QuantConfig)) for c in preset_configs(n))]
+
+
 def _presets() -> list[str]:
     from .presets import available_presets
 
@@ -166,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--no-kv-cache", action="store_true", help="recompute the history every chunk (reference)")
     lg.add_argument("--reuse-context", action="store_true", help="reuse cached-context attention across steps")
     lg.add_argument("--device", default=None)
+    lg.add_argument("--preset", default="none", type=_choice("--preset", _long_presets),
+                    help="caching or quantization preset (caching never skips the passes that write the KV cache)")
     lg.set_defaults(func=cmd_long)
 
     cv = sub.add_parser("convert", help="convert checkpoints to diffusers folders")
@@ -368,6 +380,10 @@ def cmd_long(args) -> int:
                        "latent frames")
     from .models import EMBEDDED_DEFAULTS
 
+    if args.preset != "none":
+        import vidaccel
+
+        vidaccel.apply(pipe, args.preset)
     defaults = EMBEDDED_DEFAULTS.get("shapes-ar", {}) if args.model == "embedded-ar" else {}
     try:
         out = pipe(schedule, seconds=seconds, num_frames=None if seconds is not None else args.frames, fps=args.fps,
@@ -389,6 +405,7 @@ def cmd_long(args) -> int:
         f"{times[0]:.2f} s, last {times[-1]:.2f} s" if times else "speed       no chunk finished",
         f"memory      peak {out.peak_memory_mib:.0f} MiB, KV cache {out.stats['kv_cache_mib']:.1f} MiB",
         f"prompts     {len(schedule)} ({len(schedule) - 1} switches)",
+        f"accelerated preset {args.preset}",
     ]))
     return 130 if out.interrupted else 0
 

@@ -71,6 +71,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,7 @@ from .base import Technique, register_technique
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheConfig", "POLICIES"]
+__all__ = ["CacheConfig", "POLICIES", "bypass_cache"]
 
 POLICIES = ("block", "step", "profiled", "call")
 _CONTROLLER_HOOK = "vidaccel_cache_controller"
@@ -285,13 +286,15 @@ class _ControllerHook(ModelHook):
         self.states = _ContextStates(_BranchState, (technique.config.forecast_order,))
 
     def pre_forward(self, module, *args, **kwargs):
+        if self.technique.bypass:  # inside bypass_cache: no state, no decision, no record
+            return args, kwargs
         pos = self.technique.timestep_position
         self.technique.begin_call(self.states, kwargs.get("timestep", args[pos] if len(args) > pos else None))
         return args, kwargs
 
     def new_forward(self, module, *args, **kwargs):
         tech = self.technique
-        if not tech.whole_call:
+        if not tech.whole_call or tech.current is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         cached = tech.cached_call(tech.current)
         if cached is not None:
@@ -388,6 +391,7 @@ class FeatureCache(Technique):
                 _BlockHook(self, i, carry_positions), _BLOCK_HOOK
             )
         self._warned_steps = False
+        self.bypass = False
         self.cfg_active = cfg.cfg_interval > 0 and self.spec.cfg_style == "sequential"
         if cfg.cfg_interval and not self.cfg_active:
             logger.warning("CacheConfig.cfg_interval=%d has no effect on %s: its pipelines run both CFG branches in "
@@ -649,6 +653,23 @@ class FeatureCache(Technique):
                 "indicators); raise threshold to get a speed-up",
                 self.config.threshold, self.config.policy, calls, self.role,
             )
+
+
+@contextmanager
+def bypass_cache(model):
+    """Calls of ``model`` inside this block always compute, and the cache neither decides on them nor records
+    them: for passes that are not denoising steps, e.g. the long-video pipeline's passes that write the KV cache
+    (a skipped one would write nothing). A no-op when ``model`` has no feature cache."""
+    registry = getattr(model, "_diffusers_hook", None)
+    hook = registry.get_hook(_CONTROLLER_HOOK) if registry is not None else None
+    if hook is None:
+        yield
+        return
+    previous, hook.technique.bypass = hook.technique.bypass, True
+    try:
+        yield
+    finally:
+        hook.technique.bypass = previous
 
 
 # -- presets -------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ import torch
 
 import diffusers
 
+from ..accel.caching import bypass_cache
 from ..accel.kv_cache import RollingKVCache
 from ..accel.processors import ProcessorSwap
 from ..kernels.attention import flash_attention, merge_attention
@@ -299,6 +300,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
         yield from self._run(prompt, **kwargs)
 
     # -- the loop ---------------------------------------------------------------------------------------------
+    @torch.no_grad()  # a generator: torch re-enters no_grad at every resumption
     def _run(self, prompt, *, num_frames: int | None = None, seconds: float | None = None, fps: float = 16.0,
              schedule_unit: str = "seconds", chunk_frames: int | None = None, window_frames: int | None = None,
              sink_frames: int = 0, num_inference_steps: int | None = None, timesteps: Sequence[float] | None = None,
@@ -402,11 +404,12 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 chunk_prompts.append(p)
                 frame_start = c * chunk
                 x = torch.randn(1, channels, chunk, h, w, generator=gen).to(device, torch.float32)
-                sched = copy.deepcopy(self.scheduler)
                 if timesteps is not None:
-                    sched.set_timesteps(timesteps=list(timesteps), device=device)
+                    sched = self._explicit_scheduler(timesteps, device)
                 else:
+                    sched = copy.deepcopy(self.scheduler)
                     sched.set_timesteps(steps, device=device)
+                self._num_timesteps = len(sched.timesteps)  # read by step-aware techniques (cache guards)
                 if use_kv_cache:
                     self._set_rope(state, rope_table, positions, frame_start, chunk)
                     state.reuse_fresh = True
@@ -444,7 +447,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                     for frame in frames:
                         writer.append_data((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8))
                 chunk_seconds.append(time.perf_counter() - t0)
-                bar.update(round(frames.shape[0] / fps, 4))
+                bar.update(min(round(frames.shape[0] / fps, 4), bar.total - bar.n))  # float sums may overshoot
                 bar.set_postfix_str(f"{produced / (time.perf_counter() - start_all):.1f} FPS, chunk {c + 1}/{num_chunks}")
                 yield frames
         except KeyboardInterrupt:
@@ -471,6 +474,26 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return result
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _explicit_scheduler(self, timesteps, device):
+        """Few-step schedules of distilled causal checkpoints (Self-Forcing, CausVid, LongLive) name their
+        timesteps; they are sampled by a flow-matching Euler step at exactly those timesteps (no shift: the
+        multistep UniPC of the base models has no ``timesteps=`` and would shift given sigmas)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if getattr(self.scheduler.config, "prediction_type", "flow_prediction") != "flow_prediction" and \
+                not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError(f"timesteps={list(timesteps)!r} is only allowed with a flow-matching model; this "
+                             f"pipeline's scheduler is {type(self.scheduler).__name__} with prediction_type="
+                             f"{self.scheduler.config.prediction_type!r}")
+        total = self.scheduler.config.num_train_timesteps
+        values = [float(t) for t in timesteps]
+        if not values or any(not 0 < t <= total for t in values) or any(b >= a for a, b in zip(values, values[1:])):
+            raise ValueError(f"timesteps={values!r} is not allowed: a non-empty, strictly decreasing list in "
+                             f"(0, {total}]")
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=total, shift=1.0)
+        sched.set_timesteps(timesteps=values, sigmas=[t / total for t in values], device=device)
+        return sched
+
     @staticmethod
     def _validate(num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance):
         if (num_frames is None) == (seconds is None):
@@ -549,7 +572,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
             inp = noised.to(self.transformer.dtype)
             if batch == 2:
                 inp, ts = inp.repeat(2, 1, 1, 1, 1), ts.repeat(2, 1)
-            self.transformer(hidden_states=inp, timestep=ts, encoder_hidden_states=enc, return_dict=False)
+            with bypass_cache(self.transformer):  # a cached (skipped) pass would write no keys/values
+                self.transformer(hidden_states=inp, timestep=ts, encoder_hidden_states=enc, return_dict=False)
         finally:
             state.write = False
 
