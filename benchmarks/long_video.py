@@ -72,7 +72,8 @@ def kv_vs_recompute(pipe, kw, chunks=12):
     res = {}
     for name, extra in (("kv", dict(use_kv_cache=True)), ("recompute", dict(use_kv_cache=False)),
                         ("kv+reuse", dict(use_kv_cache=True, reuse_context_attention=True)),
-                        ("kv2", dict(use_kv_cache=True)), ("recompute2", dict(use_kv_cache=False))):
+                        ("kv2", dict(use_kv_cache=True)), ("recompute2", dict(use_kv_cache=False)),
+                        ("absolute", dict(use_kv_cache=True, positions="absolute"))):
         out = pipe(PROMPT, num_frames=frames, **kw, **extra)
         res[name] = out
     t = lambda o: sum(o.chunk_seconds)
@@ -86,7 +87,20 @@ def kv_vs_recompute(pipe, kw, chunks=12):
         "reuse_s": round(t(res["kv+reuse"]), 3),
         "speedup_reuse_over_kv": round(min(t(res["kv"]), t(res["kv2"])) / t(res["kv+reuse"]), 3),
         "psnr_reuse_vs_kv": round(psnr(res["kv+reuse"].frames, res["kv"].frames), 2),
+        # RoPE positions: re-based within sink + window (default) vs absolute frame index
+        "psnr_absolute_vs_relative": round(psnr(res["absolute"].frames, res["kv"].frames), 2),
+        "adherence_relative": _mean_adherence(res["kv"].frames, chunk),
+        "adherence_absolute": _mean_adherence(res["absolute"].frames, chunk),
     }
+
+
+def _mean_adherence(frames, chunk_latent_frames):
+    """Mean shapes score over the chunks of a finished video (4 pixel frames per latent frame)."""
+    from vidaccel.eval import shapes_score
+
+    step = 4 * chunk_latent_frames
+    scores = [float(shapes_score(frames[i:i + step], PROMPT)["overall"]) for i in range(1, len(frames) - 1, step)]
+    return round(statistics.mean(scores), 4)
 
 
 def gpu_shapes(steps=4, chunks=6):
