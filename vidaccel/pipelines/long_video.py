@@ -325,9 +325,13 @@ class LongVideoPipeline(diffusers.WanPipeline):
         latent_frames = -(-(total - 1) // 4) + 1  # enough latent frames to cover `total` pixel frames
         num_chunks = math.ceil(latent_frames / chunk)
         steps = num_inference_steps or 20
+        device = self._execution_device
+        # one schedule for every chunk, built (and, for explicit timesteps, validated) before anything starts;
+        # each chunk steps a fresh copy of it
+        sched_template = self._chunk_scheduler(timesteps, steps, device)
+        self._num_timesteps = len(sched_template.timesteps)  # read by step-aware techniques (cache guards)
         guidance = 4.0 if guidance_scale is None else guidance_scale
         do_cfg = guidance > 1.0
-        device = self._execution_device
         transformer = self.transformer
         dtype = transformer.dtype
         spec = spec_for(transformer)
@@ -404,12 +408,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 chunk_prompts.append(p)
                 frame_start = c * chunk
                 x = torch.randn(1, channels, chunk, h, w, generator=gen).to(device, torch.float32)
-                if timesteps is not None:
-                    sched = self._explicit_scheduler(timesteps, device)
-                else:
-                    sched = copy.deepcopy(self.scheduler)
-                    sched.set_timesteps(steps, device=device)
-                self._num_timesteps = len(sched.timesteps)  # read by step-aware techniques (cache guards)
+                sched = copy.deepcopy(sched_template)
                 if use_kv_cache:
                     self._set_rope(state, rope_table, positions, frame_start, chunk)
                     state.reuse_fresh = True
@@ -474,11 +473,17 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return result
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def _explicit_scheduler(self, timesteps, device):
-        """Few-step schedules of distilled causal checkpoints (Self-Forcing, CausVid, LongLive) name their
-        timesteps; they are sampled by a flow-matching Euler step at exactly those timesteps (no shift: the
-        multistep UniPC of the base models has no ``timesteps=`` and would shift given sigmas)."""
+    def _chunk_scheduler(self, timesteps, steps: int, device):
+        """The scheduler every chunk starts from: the pipeline's own with ``steps`` steps or, for explicit
+        ``timesteps``, a flow-matching Euler step at exactly those timesteps. Few-step schedules of distilled
+        causal checkpoints (Self-Forcing, CausVid, LongLive) name their timesteps; the multistep UniPC of the
+        base models has no ``timesteps=`` and would shift given sigmas."""
         from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if timesteps is None:
+            sched = copy.deepcopy(self.scheduler)
+            sched.set_timesteps(steps, device=device)
+            return sched
 
         if getattr(self.scheduler.config, "prediction_type", "flow_prediction") != "flow_prediction" and \
                 not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
