@@ -48,15 +48,15 @@ def test_importing_the_module_registers_the_technique_and_presets():
     from vidaccel.presets import resolve_accel
 
     assert resolve_accel("fp8") == [QuantConfig(format="fp8")]
-    from vidaccel.accel.quantization import DEFAULT_SKIP, NVFP4_LEAN_SKIP
+    from vidaccel.accel.quantization import DEFAULT_SKIP, NVFP4_PRESET_SKIP
 
-    assert resolve_accel("nvfp4") == [QuantConfig(format="nvfp4", skip=NVFP4_LEAN_SKIP, skip_format="fp8")]
+    assert resolve_accel("nvfp4") == [QuantConfig(format="nvfp4", skip=NVFP4_PRESET_SKIP, skip_format="fp8")]
     # the preset keeps every fragile layer but the text embedding out of NVFP4
     names = ["condition_embedder.text_embedder.linear_1", "condition_embedder.image_embedder.ff.net.0.proj",
              "condition_embedder.time_proj", "patch_embedding.proj", "proj_out", "blocks.0.attn1.to_q"]
     import re
 
-    lean = [n for n in names if any(re.search(p, n) for p in NVFP4_LEAN_SKIP)]
+    lean = [n for n in names if any(re.search(p, n) for p in NVFP4_PRESET_SKIP)]
     full = [n for n in names if any(re.search(p, n) for p, _ in DEFAULT_SKIP)]
     assert set(full) - set(lean) == {"condition_embedder.text_embedder.linear_1"}
 

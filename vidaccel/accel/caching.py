@@ -460,6 +460,11 @@ class FeatureCache(Technique):
         else:
             self.skipped[i] += 1
 
+    def _count_all(self, computed: bool) -> None:
+        """``"call"``: a whole call computes or skips every block."""
+        for i in range(self.n_blocks):
+            self.count(i, computed)
+
     def skippable(self, state: _BranchState, i: int) -> bool:
         if i not in self.mid_range:
             return False
@@ -467,7 +472,7 @@ class FeatureCache(Technique):
 
     def _guarded(self, state: _BranchState, skip_cap: bool = True) -> bool:
         """True when a guard forces this call to compute (``skip_cap=False``: all but the cap on consecutive
-        skips, which ``cfg_interval`` replaces for CFG reuse)."""
+        skips, which ``cfg_interval`` replaces for CFG reuse and ``interval`` for the ``"call"`` policy)."""
         cfg = self.config
         if cfg.threshold <= 0 or state.calls < cfg.warmup_steps:
             return True
@@ -525,8 +530,7 @@ class FeatureCache(Technique):
             return None
         state.skip = True
         sample = state.stack.predict(state.step)[0].clone()  # a caller may write into its output in place
-        for i in range(self.n_blocks):
-            self.count(i, computed=False)
+        self._count_all(computed=False)
         return (sample,) if state.output_type is tuple else state.output_type(sample=sample)
 
     @torch.compiler.disable
@@ -535,8 +539,7 @@ class FeatureCache(Technique):
         cfg = self.config
         sample = (output[0] if isinstance(output, tuple) else output.sample).detach()
         state.output_type = tuple if isinstance(output, tuple) else type(output)
-        for i in range(self.n_blocks):
-            self.count(i, computed=True)
+        self._count_all(computed=True)
         if len(state.stack.items) > cfg.forecast_order and _same_shapes(state.stack.items[-1][1], (sample,)):
             k = state.step - state.stack.items[-1][0]
             state.indicator = _rel_l1(state.stack.predict(state.step), (sample,))

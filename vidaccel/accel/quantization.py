@@ -9,7 +9,7 @@ experts) for a quantized module whose ``forward`` is one call into :mod:`vidacce
 * ``"nvfp4"`` — NVIDIA's NVFP4 (e2m1 values, an e4m3 scale per 16, an fp32 scale per tensor), weight-only
   (W4A16) through vidaccel's Triton GEMM that dequantizes in registers. 4.5 bits per weight: Wan2.1-1.3B
   shrinks 3.39× (fragile layers in bf16), 3.498× (``skip_format="fp8"``) or 3.51× (the ``nvfp4`` preset:
-  fragile layers FP8 but the text embedding NVFP4, :data:`NVFP4_LEAN_SKIP`).
+  fragile layers FP8 but the text embedding NVFP4, :data:`NVFP4_PRESET_SKIP`).
 * ``"mixed"`` — per layer NVFP4 or FP8, after 6Bit-Diffusion (arXiv 2025, "inference-time mixed-precision
   quantization for video diffusion"): the **first pipeline call after apply runs in full precision and
   calibrates** — for every layer it measures how much the per-channel amax of the layer's input moves from
@@ -73,7 +73,7 @@ from .base import Technique, register_technique
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "QuantConfig", "QuantizationTechnique", "Fp8Linear", "NVFP4Linear", "DEFAULT_SKIP", "NVFP4_LEAN_SKIP",
+    "QuantConfig", "QuantizationTechnique", "Fp8Linear", "NVFP4Linear", "DEFAULT_SKIP", "NVFP4_PRESET_SKIP",
     "save_quantized",
     "load_quantized", "load_quantized_transformer", "weight_bytes", "estimate_weight_bytes", "quantize_linears",
     "quant_report",
@@ -877,10 +877,10 @@ register_preset("fp8", lambda: [QuantConfig(format="fp8")],
 # (the largest of them: 8.7 M parameters on Wan2.1-1.3B) goes NVFP4 too. Wan2.1-1.3B weights shrink 3.51x (the
 # plain QuantConfig(format="nvfp4") keeps the fragile layers in bf16: 3.39x). Embedded model, 6 prompts
 # (benchmarks/RESULTS.md): 32.5 dB, adherence -0.009 vs bf16; the plain config 36.2 dB, -0.009.
-NVFP4_LEAN_SKIP = [r"(^|\.)condition_embedder\.image_embedder\.|(^|\.)text_proj$" if "text" in pattern else pattern
+NVFP4_PRESET_SKIP = [r"(^|\.)condition_embedder\.image_embedder\.|(^|\.)text_proj$" if "text" in pattern else pattern
                    for pattern, _ in DEFAULT_SKIP]
 
 
-register_preset("nvfp4", lambda: [QuantConfig(format="nvfp4", skip=list(NVFP4_LEAN_SKIP), skip_format="fp8")],
+register_preset("nvfp4", lambda: [QuantConfig(format="nvfp4", skip=list(NVFP4_PRESET_SKIP), skip_format="fp8")],
                 "NVFP4 weights (W4A16), fragile layers FP8 weight-only, text embedding NVFP4: ~3.5x fewer "
                 "weight bytes")

@@ -11,7 +11,7 @@ One command reproduces the shipped weights (``vidaccel train-embedded`` or
                    :data:`~vidaccel.models.shapes.HELDOUT_SEED_BASE`) and encode them once.
 2b. ``vae_dec`` -- fine-tune only the VAE decoder (encoder frozen, so the latents stay valid) for
                    sharper reconstructions. Independent of 3-4 (can run alongside them).
-2c. ``vae_dec2`` -- a second decoder round on fresh clips at a lower learning rate.
+2c. ``vae_dec2`` -- a second decoder round over the same clips at a lower, nearly constant learning rate.
 3. ``t2v``      -- train a ``WanTransformer3DModel`` (patch (1, 4, 4): 16 tokens per latent frame)
                    with flow matching (x_t = (1 - s) x0 + s eps, target eps - x0, timestep = 1000 s,
                    s = shifted-uniform with shift 3) and 10 % text dropout for CFG. Text embeddings come
@@ -53,6 +53,7 @@ from vidaccel.models.shapes import (
 logger = logging.getLogger(__name__)
 
 STAGES = ("vae", "latents", "vae_dec", "vae_dec2", "t2v", "ar", "export")
+BUDGETED_STAGES = ("vae", "vae_dec", "vae_dec2", "t2v", "ar")  # the stages ``TrainConfig.minutes`` can limit
 
 
 @dataclass
@@ -127,9 +128,9 @@ class TrainConfig:
         lat_long = (self.long_frames - 1) // 4 + 1
         if self.window_frames > lat_long:
             raise ValueError(f"TrainConfig.window_frames={self.window_frames} > latent frames of long clips {lat_long}")
-        bad = set(self.minutes) - {"vae", "vae_dec", "vae_dec2", "t2v", "ar"}
+        bad = set(self.minutes) - set(BUDGETED_STAGES)
         if bad:
-            raise ValueError(f"TrainConfig.minutes has unknown stages {sorted(bad)}; allowed: vae, vae_dec, vae_dec2, t2v, ar")
+            raise ValueError(f"TrainConfig.minutes has unknown stages {sorted(bad)}; allowed: {', '.join(BUDGETED_STAGES)}")
         CausalConfig(chunk_frames=self.chunk_frames, window_frames=self.window_frames)
 
 
