@@ -160,3 +160,40 @@ def test_fresh_tokenizer_matches_shipped(t2v):
     p = "a red circle moving quickly left and a blue square staying still on a navy background"
     assert tok(p).input_ids == t2v.tokenizer(p).input_ids
     assert tok("a purple cat").input_ids != t2v.tokenizer("a red cat").input_ids
+
+
+def test_train_embedded_end_to_end_tiny(tmp_path, caplog):
+    """Every stage of ``vidaccel train-embedded`` at toy size: the export loads offline and generates, a
+    second call skips the finished stages, and a stage given more steps resumes from its checkpoint."""
+    from diffusers import WanPipeline
+
+    from vidaccel.models.train import STAGES, train_embedded
+
+    kw = dict(
+        workdir=tmp_path / "work", height=64, width=64, n_short=4, n_long=2, long_frames=25, threads=1,
+        vae_steps=2, vae_batch=2, vae_long_steps=2, vae_long_batch=2, vae_dec_steps=2, vae_dec2_steps=2,
+        vae_dec_batch=2, t2v_steps=2, ar_steps=2, batch=2, warmup=1,
+    )
+    out = train_embedded(tmp_path / "out", **kw)
+    work = tmp_path / "work"
+    assert all((work / f"{s}.done").is_file() for s in STAGES)
+    info = json.loads((work / "info.json").read_text())
+    assert info["vae_long"]["steps"] == 2 and info["t2v"]["steps"] == 2
+    pipe = WanPipeline.from_pretrained(str(out / "shapes-t2v"), dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a red circle moving right on a black background", height=64, width=64, num_frames=5,
+                  num_inference_steps=2, output_type="np", max_sequence_length=32).frames[0]
+    assert frames.shape == (5, 64, 64, 3) and np.isfinite(frames).all()
+    assert (out / "shapes-ar" / "causal_config.json").is_file()
+
+    # finished stages are skipped: nothing is retrained
+    stamp = (work / "t2v_final" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    train_embedded(tmp_path / "out", **kw)
+    assert (work / "t2v_final" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+
+    # a stage asked for more steps resumes from its checkpoint at the step it reached
+    (work / "ar.done").unlink()
+    with caplog.at_level("INFO", logger="vidaccel.models.train"):
+        train_embedded(tmp_path / "out", stages=("ar",), **{**kw, "ar_steps": 3})
+    assert "ar: resumed at step 2" in caplog.text
+    assert json.loads((work / "info.json").read_text())["ar"]["steps"] == 3
