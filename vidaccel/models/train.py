@@ -537,6 +537,10 @@ class Trainer:
         mean = z.mean(dim=(0, 2, 3, 4))
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
         vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean], latents_std=[round(float(v), 6) for v in std])
+        self._replace_vae_final(vae)
+
+    def _replace_vae_final(self, vae) -> None:
+        """Save ``vae`` as ``vae_final`` (written beside it first, so an interrupted save leaves the old one)."""
         tmp = self.work / "vae_final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -576,12 +580,7 @@ class Trainer:
             batch=lambda step: self._vae_batch(clip_base + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch),
             train_encoder=False, lr_span=lr_span,
         )
-        tmp = self.work / "vae_final.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        vae.save_pretrained(tmp)
-        shutil.rmtree(self.work / "vae_final")
-        os.replace(tmp, self.work / "vae_final")
+        self._replace_vae_final(vae)
         self._mark_done(stage, budget.elapsed, steps=step, final_rec=rec)
 
     # -- stage 2: latents ---------------------------------------------------------------------
