@@ -7,6 +7,9 @@ One command reproduces the shipped weights (``vidaccel train-embedded`` or
 1. ``vae``      -- train a small ``AutoencoderKLWan`` (2x2 patchify + two 2x stages: 8x spatial,
                    4x temporal, z=16) on random 9-frame clips (48x48 crops) of the shapes world;
                    set ``latents_mean/std`` from data.
+1b. ``vae_long`` -- encoder and decoder together on 17-frame clips (5 latent frames, a T2V clip's
+                   length), so the causal encoder's later latent frames stop drifting; re-measure
+                   ``latents_mean/std``.
 2. ``latents``  -- render training clips (17-frame T2V clips and 49-frame long clips, seeds below
                    :data:`~vidaccel.models.shapes.HELDOUT_SEED_BASE`) and encode them once.
 2b. ``vae_dec`` -- fine-tune only the VAE decoder (encoder frozen, so the latents stay valid) for
@@ -76,14 +79,14 @@ class TrainConfig:
     vae_steps: int = 1250
     vae_batch: int = 16
     vae_crop: int = 48
-    vae_frames: int = 9  # 3 latent frames: the decoder must see its steady-state causal cache
+    vae_frames: int = 9  # 3 latent frames: cheap steps for the first stage; vae_long then trains on 17
     vae_lr: float = 1.5e-3
     vae_kl: float = 1e-4
     vae_noise: float = 0.05
     vae_mix: float = 1.0  # weight of the latent-linearity loss: decode(a z1 + (1-a) z2) ~ a x1 + (1-a) x2
     # whole-VAE round on 17-frame clips (5 latent frames): the causal encoder trained on 9-frame clips
-    # never sees its later latent frames, which drift (held-out colour of GT through the VAE fell from
-    # 0.99 in frames 0-11 to 0.52 in frame 16)
+    # never sees its later latent frames, which drift (held-out colour of GT through the recipe-v2 VAE fell
+    # from 0.99 in frames 0-11 to 0.52 in frame 16; 0.82 with this stage)
     vae_long_steps: int = 400
     vae_long_lr: float = 5e-4
     vae_long_frames: int = 17
@@ -553,8 +556,8 @@ class Trainer:
     def stage_vae_dec(self):
         """Fine-tune the decoder (and ``post_quant_conv``) with the encoder frozen: the latents the
         transformer is trained on stay valid while reconstructions get sharper."""
-        # 17-frame clips (5 latent frames): the causal caches reach their steady state only from the
-        # 4th latent frame on, which 9-frame clips never show the decoder
+        # 17-frame clips (5 latent frames): the length of a T2V clip. The causal caches take longer than that
+        # to settle (a change to the first latent frames still shows in the 8th), so longer videos drift more
         self._decoder_round("vae_dec", self.cfg.vae_dec_steps, self.cfg.vae_dec_lr, clip_base=100_000,
                             seed_mul=1_000_033)
 
