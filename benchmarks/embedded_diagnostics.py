@@ -1,0 +1,170 @@
+"""Diagnostics of the embedded shapes-t2v model: where its adherence is lost (issue 3).
+
+Prints one JSON object per section and writes them all to ``--out``:
+
+- ``vae_per_frame``: per-frame colour / shape of held-out ground truth after a VAE round trip (17 frames,
+  centred layout, 24 prompts) and per-frame colour over 33 frames (12 prompts, objects anywhere): drift of
+  the causal VAE along time;
+- ``latent_drift``: a still object's latent frames vs latent frame 1, relative L2 (should stay ~0);
+- ``blur``: shape score of blurred ground truth against the true and the wrong shapes (is the scorer
+  blur-fragile?);
+- ``sdedit``: held-out ground truth noised to the sampler's sigma at step ``k`` and denoised from there
+  (25-step schedule, CFG 4): the step at which the shape is lost;
+- ``sampler``: adherence of generated videos under other guidance / flow-shift / step settings.
+
+    python benchmarks/embedded_diagnostics.py                 # ~6 min on 2 CPU cores
+    python benchmarks/embedded_diagnostics.py --model DIR     # another shapes-t2v folder
+    python benchmarks/embedded_diagnostics.py --sections vae_per_frame,latent_drift
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vidaccel.eval import _analyze, mean_scores, shapes_score  # noqa: E402
+from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
+from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
+
+KW = EMBEDDED_DEFAULTS["shapes-t2v"]
+SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler")
+
+
+def _round(d):
+    return {k: round(float(v), 3) for k, v in d.items()}
+
+
+def _to_x(frames_u8):
+    return torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+
+
+def _to_frames(x):
+    return ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
+
+
+@torch.no_grad()
+def vae_per_frame(vae, pairs):
+    color, shape = [], []
+    for p, seed in pairs:
+        rec = _to_frames(vae.decode(vae.encode(_to_x(render_video(p, num_frames=17, seed=seed))).latent_dist.mode()).sample)
+        track = _analyze(rec, parse_prompt(p))[1][0]
+        color.append(track.color)
+        shape.append(track.shape)
+    long_color = []
+    for p, seed in pairs[:12]:
+        gt = render_video(p, num_frames=33, seed=seed, layout="anywhere")
+        rec = _to_frames(vae.decode(vae.encode(_to_x(gt)).latent_dist.mode()).sample)
+        long_color.append(_analyze(rec, parse_prompt(p))[1][0].color)
+    return {"color_17": np.round(np.mean(color, 0), 2).tolist(), "shape_17": np.round(np.mean(shape, 0), 2).tolist(),
+            "color_33_anywhere": np.round(np.mean(long_color, 0), 2).tolist()}
+
+
+@torch.no_grad()
+def latent_drift(vae):
+    gt = render_video("a red square staying still on a gray background", num_frames=33, seed=5)
+    z = vae.encode(_to_x(gt)).latent_dist.mode()
+    ref = z[:, :, 1]
+    return {"rel_l2_vs_latent_frame_1": [round((z[:, :, k] - ref).norm().item() / ref.norm().item(), 3)
+                                          for k in range(z.shape[2])]}
+
+
+def blur(pairs):
+    out = {}
+    for sigma in (0.0, 1.0, 1.5, 2.0):
+        true_s, wrong_s = [], []
+        for p, seed in pairs:
+            v = render_video(p, num_frames=17, seed=seed).astype(np.float32) / 255
+            if sigma:
+                v = gaussian_filter(v, (0, sigma, sigma, 0))
+            shape = next(s for s in SHAPES if s in p)
+            for other in SHAPES:
+                score = shapes_score(v, p.replace(shape, other))["shape"]
+                (true_s if other == shape else wrong_s).append(score)
+        out[f"sigma_{sigma:g}"] = {"true_shape": round(float(np.mean(true_s)), 3),
+                                   "wrong_shape": round(float(np.mean(wrong_s)), 3)}
+    return out
+
+
+@torch.no_grad()
+def sdedit(pipe, pairs, starts=(24, 22, 20, 15, 10, 5), guidance=4.0, steps=25):
+    vae, tr, sch = pipe.vae, pipe.transformer, pipe.scheduler
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    neg = pipe.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=KW["max_sequence_length"])[0]
+    out = {}
+    for k in starts:
+        scores = []
+        for p, seed in pairs:
+            z0 = (vae.encode(_to_x(render_video(p, num_frames=17, seed=seed))).latent_dist.mode() - mean) / std
+            sch.set_timesteps(steps)
+            sigma = sch.sigmas[k].item()
+            x = (1 - sigma) * z0 + sigma * torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+            emb = pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=KW["max_sequence_length"])[0]
+            text = torch.cat([emb, neg])
+            sch._step_index = k  # start the multistep solver mid-schedule
+            for t in sch.timesteps[k:]:
+                v = tr(hidden_states=torch.cat([x, x]), timestep=t.expand(2), encoder_hidden_states=text,
+                       return_dict=False)[0]
+                x = sch.step(v[1:] + guidance * (v[:1] - v[1:]), t, x, return_dict=False)[0]
+            scores.append(shapes_score(_to_frames(vae.decode(x * std + mean).sample), p))
+        out[f"k{k}_sigma{sigma:.3f}"] = _round(mean_scores(scores))
+    return out
+
+
+@torch.no_grad()
+def sampler(pipe, pairs):
+    from diffusers import UniPCMultistepScheduler
+
+    base = pipe.scheduler
+    out = {}
+    for name, kw, shift in (("defaults", {}, None), ("guidance 3", {"guidance_scale": 3.0}, None),
+                            ("guidance 5", {"guidance_scale": 5.0}, None), ("40 steps", {"num_inference_steps": 40}, None),
+                            ("flow shift 1.5", {}, 1.5), ("flow shift 2", {}, 2.0), ("flow shift 5", {}, 5.0)):
+        pipe.scheduler = base if shift is None else UniPCMultistepScheduler.from_config(base.config, flow_shift=shift)
+        scores = [shapes_score(pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed),
+                                    **{**KW, **kw}).frames[0], p) for p, seed in pairs]
+        out[name] = _round(mean_scores(scores))
+    pipe.scheduler = base
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(embedded_path("shapes-t2v")))
+    ap.add_argument("--out", default="benchmarks/results/embedded_diagnostics.json")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    args = ap.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    if set(sections) - set(SECTIONS):
+        ap.error(f"--sections={args.sections!r}: allowed {', '.join(SECTIONS)}")
+    from diffusers import WanPipeline
+
+    start = time.time()
+    pipe = WanPipeline.from_pretrained(args.model, dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = heldout_prompts()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
+              "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+              "command": "python " + " ".join(sys.argv)}
+    run = {"vae_per_frame": lambda: vae_per_frame(pipe.vae, pairs), "latent_drift": lambda: latent_drift(pipe.vae),
+           "blur": lambda: blur(pairs), "sdedit": lambda: sdedit(pipe, pairs), "sampler": lambda: sampler(pipe, pairs)}
+    for name in sections:
+        result[name] = run[name]()
+        print(json.dumps({name: result[name]}), flush=True)
+    result["wall_s"] = round(time.time() - start, 1)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
