@@ -3,14 +3,19 @@
 Prints one JSON object per section and writes them all to ``--out``:
 
 - ``vae_per_frame``: per-frame colour / shape of held-out ground truth after a VAE round trip (17 frames,
-  centred layout, 24 prompts) and per-frame colour over 33 frames (12 prompts, objects anywhere): drift of
-  the causal VAE along time;
+  centred layout, 24 prompts; and the colour of frames 13-16 per prompted colour) and per-frame colour over
+  33 frames (12 prompts, objects anywhere): drift of the causal VAE along time;
 - ``latent_drift``: a still object's latent frames vs latent frame 1, relative L2 (should stay ~0);
 - ``blur``: shape score of blurred ground truth against the true and the wrong shapes (is the scorer
   blur-fragile?);
 - ``sdedit``: held-out ground truth noised to the sampler's sigma at step ``k`` and denoised from there
   (25-step schedule, CFG 4): the step at which the shape is lost;
-- ``sampler``: adherence of generated videos under other guidance / flow-shift / step settings.
+- ``sampler``: adherence of generated videos under other guidance / flow-shift / step settings;
+- ``generated_per_frame``: per-frame colour / shape of the 24 held-out generations (where in the clip
+  adherence is lost);
+- ``shape_conditioning``: six (colour, direction, background) triples, each generated as a circle, a square
+  and a triangle from the same seed: mean silhouette fill ratio and top/bottom width ratio per prompted
+  shape, beside the ground truth's (does the model separate the shapes at all?).
 
     python benchmarks/embedded_diagnostics.py                 # ~6 min on 2 CPU cores
     python benchmarks/embedded_diagnostics.py --model DIR     # another shapes-t2v folder
@@ -31,12 +36,12 @@ from scipy.ndimage import gaussian_filter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vidaccel.eval import _analyze, mean_scores, shapes_score  # noqa: E402
+from vidaccel.eval import _analyze, mean_scores, shapes_score, to_frames  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
 
 KW = EMBEDDED_DEFAULTS["shapes-t2v"]
-SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler")
+SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning")
 
 
 def _round(d):
@@ -53,18 +58,20 @@ def _to_frames(x):
 
 @torch.no_grad()
 def vae_per_frame(vae, pairs):
-    color, shape = [], []
+    color, shape, by_color = [], [], {}
     for p, seed in pairs:
         rec = _to_frames(vae.decode(vae.encode(_to_x(render_video(p, num_frames=17, seed=seed))).latent_dist.mode()).sample)
         track = _analyze(rec, parse_prompt(p))[1][0]
         color.append(track.color)
         shape.append(track.shape)
+        by_color.setdefault(parse_prompt(p).objects[0].color, []).append(track.color[13:].mean())
     long_color = []
     for p, seed in pairs[:12]:
         gt = render_video(p, num_frames=33, seed=seed, layout="anywhere")
         rec = _to_frames(vae.decode(vae.encode(_to_x(gt)).latent_dist.mode()).sample)
         long_color.append(_analyze(rec, parse_prompt(p))[1][0].color)
     return {"color_17": np.round(np.mean(color, 0), 2).tolist(), "shape_17": np.round(np.mean(shape, 0), 2).tolist(),
+            "color_frames_13_16_by_color": _round({c: np.mean(v) for c, v in by_color.items()}),
             "color_33_anywhere": np.round(np.mean(long_color, 0), 2).tolist()}
 
 
@@ -137,6 +144,41 @@ def sampler(pipe, pairs):
     return out
 
 
+@torch.no_grad()
+def generated_per_frame(pipe, pairs):
+    color, shape = [], []
+    for p, seed in pairs:
+        out = pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed), **KW).frames[0]
+        track = _analyze(out, parse_prompt(p))[1][0]
+        color.append(track.color)
+        shape.append(track.shape)
+    return {"color": np.round(np.mean(color, 0), 2).tolist(), "shape": np.round(np.mean(shape, 0), 2).tolist()}
+
+
+_TRIPLES = (("red", "right", "black"), ("green", "up", "gray"), ("blue", "left", "navy"), ("yellow", "down", "black"),
+            ("white", "right", "gray"), ("red", "down", "navy"))
+
+
+@torch.no_grad()
+def shape_conditioning(pipe):
+    out = {}
+    for source in ("ground truth", "generated"):
+        for shape in SHAPES:
+            sil, score = [], []
+            for i, (color, direction, bg) in enumerate(_TRIPLES):
+                p = f"a {color} {shape} moving {direction} on a {bg} background"
+                seed = 1000 + i
+                if source == "generated":
+                    frames = pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed), **KW).frames[0]
+                else:
+                    frames = render_video(p, num_frames=KW["num_frames"], seed=seed)
+                sil.append(np.nanmean(_analyze(to_frames(frames), parse_prompt(p))[1][0].silhouette, axis=0))
+                score.append(shapes_score(frames, p)["shape"])
+            fill, tb = np.mean(sil, 0)
+            out[f"{source}: {shape}"] = _round({"fill": fill, "top_bottom": tb, "shape_score": np.mean(score)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(embedded_path("shapes-t2v")))
@@ -156,7 +198,8 @@ def main() -> None:
               "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
               "command": "python " + " ".join(sys.argv)}
     run = {"vae_per_frame": lambda: vae_per_frame(pipe.vae, pairs), "latent_drift": lambda: latent_drift(pipe.vae),
-           "blur": lambda: blur(pairs), "sdedit": lambda: sdedit(pipe, pairs), "sampler": lambda: sampler(pipe, pairs)}
+           "blur": lambda: blur(pairs), "sdedit": lambda: sdedit(pipe, pairs), "sampler": lambda: sampler(pipe, pairs),
+           "generated_per_frame": lambda: generated_per_frame(pipe, pairs), "shape_conditioning": lambda: shape_conditioning(pipe)}
     for name in sections:
         result[name] = run[name]()
         print(json.dumps({name: result[name]}), flush=True)

@@ -151,6 +151,25 @@ def test_train_config_validation():
         TrainConfig(minutes={"gan": 3})
     with pytest.raises(ValueError, match="window_frames"):
         TrainConfig(window_frames=5, chunk_frames=2)
+    with pytest.raises(ValueError, match="vae_dec_crop_center='middle'"):
+        TrainConfig(vae_dec_crop_center="middle")
+
+
+def test_path_centred_crops_keep_the_object_in_the_last_frame(tmp_path):
+    """17-frame VAE crops centred on the middle of the object's path still show it in the last frame; crops
+    centred on its first-frame position (recipe v3) often lose it (a normal-speed object moves 40 px)."""
+    from vidaccel.models.train import TrainConfig, Trainer
+
+    tr = Trainer(TrainConfig(workdir=str(tmp_path), threads=1))
+
+    def visible_in_last_frame(center: str) -> float:
+        x = tr._vae_batch(7, frames=17, batch=24, center=center)  # [B, 3, F, 48, 48] in [-1, 1]
+        # foreground: pixels far from the crop's median colour; present when more than 40 px (of ~300-900)
+        diff = (x[:, :, -1] - x[:, :, -1].flatten(2).median(-1).values[..., None, None]).abs().sum(1)
+        return float(((diff > 0.4).flatten(1).sum(1) > 40).float().mean())
+
+    first, path = visible_in_last_frame("first"), visible_in_last_frame("path")
+    assert path >= 0.75 and path > first + 0.15, (first, path)
 
 
 def test_fresh_tokenizer_matches_shipped(t2v):

@@ -69,6 +69,20 @@ def test_wrong_shape_and_background_score_lower(heldout_gt):
                 assert shapes_score(v, core_prompt(o.color, o.shape, o.direction, b))["background"] < good["background"] - 0.5
 
 
+def test_silhouette_measurements_match_the_shapes():
+    """The per-frame (fill ratio, top/bottom width ratio) the shape score is built from, on ground truth:
+    square ~1 / ~1, circle ~pi/4 / ~1, triangle ~1/2 / small."""
+    from vidaccel.eval import _analyze
+
+    expect = {"square": (1.0, 1.0), "circle": (np.pi / 4, 1.0), "triangle": (0.5, 0.2)}
+    for seed, shape in enumerate(SHAPES):
+        p = core_prompt("yellow", shape, "left", "navy")
+        track = _analyze(to_frames(render_video(p, num_frames=9, seed=seed)), parse_prompt(p))[1][0]
+        assert track.silhouette.shape == (9, 2) and np.isfinite(track.silhouette).all()
+        fill, tb = track.silhouette.mean(0)
+        assert abs(fill - expect[shape][0]) < 0.06 and abs(tb - expect[shape][1]) < 0.12, (shape, fill, tb)
+
+
 def test_static_and_noise_videos_score_low():
     p = "a red circle moving right on a black background"
     still = np.repeat(render_video(p, num_frames=1, seed=0), 17, axis=0)

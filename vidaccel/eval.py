@@ -112,10 +112,11 @@ class _Track:
     path: np.ndarray  # [F-1] path length, pixels
     still: bool
     scale: float
+    silhouette: np.ndarray | None = None  # [F, 2] fill ratio and top/bottom width ratio (nan where absent)
 
 
 def _object_stats(alpha: np.ndarray, fg_rgb: np.ndarray, weight_mask: np.ndarray, obj: ShapeObject):
-    """Colour / shape score and centroid / bbox of one object in one frame.
+    """Colour / shape score, centroid, bbox and (fill ratio, top/bottom width ratio) of one object in one frame.
 
     alpha: [H, W] soft foreground mask in [0, 1]; weight_mask: [H, W] bool, pixels of this object.
     """
@@ -146,7 +147,7 @@ def _object_stats(alpha: np.ndarray, fg_rgb: np.ndarray, weight_mask: np.ndarray
     ygrid, xgrid = np.mgrid[0:H, 0:W]
     cx = float((a * (xgrid + 0.5)).sum() / area)
     cy = float((a * (ygrid + 0.5)).sum() / area)
-    return c_score, s_score, (cx, cy), (x0, y0, x1, y1)
+    return c_score, s_score, (cx, cy), (x0, y0, x1, y1), (fill, tb)
 
 
 def _analyze(video: np.ndarray, spec: ShapesPrompt) -> tuple[np.ndarray, list[_Track]]:
@@ -260,7 +261,8 @@ def _make_track(stats: list, obj: ShapeObject, H: int, W: int, scale: float) -> 
         else:
             progress[f] = along
             since_flip = max(since_flip + along, 0.0)
-    return _Track(present, color, shape, progress, path, obj.direction == "still", scale)
+    sil = np.array([s[4] if s is not None else (np.nan, np.nan) for s in stats], dtype=np.float64).reshape(F, 2)
+    return _Track(present, color, shape, progress, path, obj.direction == "still", scale, sil)
 
 
 def _aggregate(t: _Track, start: int, stop: int | None) -> dict[str, float]:

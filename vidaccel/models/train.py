@@ -84,6 +84,16 @@ class TrainConfig:
     vae_kl: float = 1e-4
     vae_noise: float = 0.05
     vae_mix: float = 1.0  # weight of the latent-linearity loss: decode(a z1 + (1-a) z2) ~ a x1 + (1-a) x2
+    # where the 17-frame stages centre their crops: "first" = the first object's first-frame position (the shipped
+    # recipe v3); "path" = the middle of its path over the clip. A normal-speed object moves 40 px in 17 frames,
+    # so a 48-px crop centred on the first frame loses it in the last frames and the decoder seldom learns them
+    # (v3: held-out colour of GT through the VAE 0.99 in frames 0-6, 0.82 in frames 13-16). "path" in both
+    # decoder rounds (+ vae_dec_noise 0.2) lifted that to 0.946 and generation to 0.784 overall (v3 0.779);
+    # "path" also in vae_long (encoder retrained, so t2v/ar too): 0.961 / 0.777. Neither is shipped yet
+    # (benchmarks/RESULTS.md, 2026-11-22).
+    vae_long_crop_center: str = "first"
+    vae_dec_crop_center: str = "first"  # both decoder rounds
+    vae_dec_noise: float = 0.05  # latent noise of the decoder rounds (the vae stages use vae_noise)
     # whole-VAE round on 17-frame clips (5 latent frames): the causal encoder trained on 9-frame clips
     # never sees its later latent frames, which drift (held-out colour of GT through the recipe-v2 VAE fell
     # from 0.99 in frames 0-11 to 0.52 in frame 16; 0.82 with this stage)
@@ -138,6 +148,9 @@ class TrainConfig:
         lat_long = (self.long_frames - 1) // 4 + 1
         if self.window_frames > lat_long:
             raise ValueError(f"TrainConfig.window_frames={self.window_frames} > latent frames of long clips {lat_long}")
+        for name in ("vae_long_crop_center", "vae_dec_crop_center"):
+            if getattr(self, name) not in ("path", "first"):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; allowed: 'path', 'first'")
         bad = set(self.minutes) - set(BUDGETED_STAGES)
         if bad:
             raise ValueError(f"TrainConfig.minutes has unknown stages {sorted(bad)}; allowed: {', '.join(BUDGETED_STAGES)}")
@@ -427,7 +440,10 @@ class Trainer:
 
         return AutoencoderKLWan.from_pretrained(self.work / "vae_final", dtype=torch.float32).eval()
 
-    def _vae_batch(self, step: int, frames: int | None = None, batch: int | None = None):
+    def _vae_batch(self, step: int, frames: int | None = None, batch: int | None = None, center: str = "first"):
+        """``batch`` random clips of ``frames`` frames, cropped to ``vae_crop`` px around the first object
+        (``center="first"``: its position in the first frame; ``"path"``: the middle of its path over the clip)
+        or, one time in five, anywhere."""
         cfg = self.cfg
         frames = frames or cfg.vae_frames
         rng = np.random.default_rng([cfg.seed, 10, step])
@@ -441,7 +457,8 @@ class Trainer:
             v = render_plan(plan, frames, start_frame=start)
             c = cfg.vae_crop
             if rng.random() < 0.8:  # crop around the first object
-                cx, cy = plan.positions(start + 1)[start, 0]
+                path = plan.positions(start + frames)[start:, 0]
+                cx, cy = path.mean(axis=0) if center == "path" else path[0]
                 x0 = int(np.clip(cx - c / 2 + rng.integers(-c // 4, c // 4 + 1), 0, cfg.width - c))
                 y0 = int(np.clip(cy - c / 2 + rng.integers(-c // 4, c // 4 + 1), 0, cfg.height - c))
             else:
@@ -451,7 +468,8 @@ class Trainer:
         return torch.stack(clips)
 
     def _fit_vae(self, stage: str, vae, params: list, *, total: int, lr: float, warmup: int, seed_mul: int,
-                 batch, train_encoder: bool, lr_span: int | None = None) -> tuple[int, float, "_Budget"]:
+                 batch, train_encoder: bool, lr_span: int | None = None,
+                 noise: float | None = None) -> tuple[int, float, "_Budget"]:
         """The loop both VAE stages share: resumable AdamW on reconstruction + latent-linearity losses.
 
         ``batch(step)`` gives the clips; with ``train_encoder`` the encoder learns too (and a light
@@ -465,7 +483,7 @@ class Trainer:
         last_ck = time.time()
         (vae if train_encoder else vae.decoder).train()
         bar = tqdm(total=total, initial=step, desc=stage, dynamic_ncols=True)
-        rec = torch.tensor(float("nan"))
+        rec = None  # stays None when the stage resumes already finished (no step runs)
 
         def save():
             _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": budget.elapsed}, ck)
@@ -479,7 +497,7 @@ class Trainer:
                 mean = vae.encode(x).latent_dist.mean
             # near-deterministic autoencoder: the posterior mean plus a small fixed noise (the
             # posterior's own std starts at ~1 and would drown the signal for most of a short run)
-            z = mean + cfg.vae_noise * torch.randn(mean.shape, generator=gen)
+            z = mean + (cfg.vae_noise if noise is None else noise) * torch.randn(mean.shape, generator=gen)
             y = vae.decode(z).sample
             rec = (y - x).abs().mean() + F.mse_loss(y, x)
             loss = rec + cfg.vae_kl * mean.pow(2).mean() if train_encoder else rec  # light bound on the latent scale
@@ -496,7 +514,7 @@ class Trainer:
             logger.warning("%s: time budget reached at step %d/%d", stage, step, total)
         save()
         vae.eval()
-        return step, float(rec.item()), budget
+        return step, None if rec is None else float(rec.item()), budget
 
     def stage_vae(self):
         cfg = self.cfg
@@ -517,7 +535,8 @@ class Trainer:
         step, rec, budget = self._fit_vae(
             "vae_long", vae, list(vae.parameters()), total=cfg.vae_long_steps, lr=cfg.vae_long_lr, warmup=20,
             seed_mul=1_000_037,
-            batch=lambda step: self._vae_batch(200_000 + step, frames=cfg.vae_long_frames, batch=cfg.vae_long_batch),
+            batch=lambda step: self._vae_batch(200_000 + step, frames=cfg.vae_long_frames, batch=cfg.vae_long_batch,
+                                               center=cfg.vae_long_crop_center),
             train_encoder=True,
         )
         self._save_with_latent_stats(vae)
@@ -581,8 +600,9 @@ class Trainer:
             p.requires_grad_(True)
         step, rec, budget = self._fit_vae(
             stage, vae, params, total=steps, lr=lr, warmup=20, seed_mul=seed_mul,
-            batch=lambda step: self._vae_batch(clip_base + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch),
-            train_encoder=False, lr_span=lr_span,
+            batch=lambda step: self._vae_batch(clip_base + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch,
+                                               center=cfg.vae_dec_crop_center),
+            train_encoder=False, lr_span=lr_span, noise=cfg.vae_dec_noise,
         )
         self._replace_vae_final(vae)
         self._mark_done(stage, budget.elapsed, steps=step, final_rec=rec)
