@@ -56,23 +56,35 @@ def _to_frames(x):
     return ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
 
 
+def _roundtrip(vae, frames_u8):
+    """Frames [F, H, W, 3] in [0, 1] after encoding (posterior mode) and decoding ``frames_u8``."""
+    return _to_frames(vae.decode(vae.encode(_to_x(frames_u8)).latent_dist.mode()).sample)
+
+
+def _generate(pipe, prompt, seed, **kw):
+    return pipe(prompt, output_type="np", generator=torch.Generator().manual_seed(seed), **{**KW, **kw}).frames[0]
+
+
+def _track(frames, prompt):
+    """The first object's per-frame measurements (:class:`vidaccel.eval._Track`)."""
+    return _analyze(to_frames(frames), parse_prompt(prompt))[1][0]
+
+
+def _per_frame_means(tracks, field):
+    return np.round(np.mean([getattr(t, field) for t in tracks], 0), 2).tolist()
+
+
 @torch.no_grad()
 def vae_per_frame(vae, pairs):
-    color, shape, by_color = [], [], {}
+    tracks, by_color = [], {}
     for p, seed in pairs:
-        rec = _to_frames(vae.decode(vae.encode(_to_x(render_video(p, num_frames=17, seed=seed))).latent_dist.mode()).sample)
-        track = _analyze(rec, parse_prompt(p))[1][0]
-        color.append(track.color)
-        shape.append(track.shape)
-        by_color.setdefault(parse_prompt(p).objects[0].color, []).append(track.color[13:].mean())
-    long_color = []
-    for p, seed in pairs[:12]:
-        gt = render_video(p, num_frames=33, seed=seed, layout="anywhere")
-        rec = _to_frames(vae.decode(vae.encode(_to_x(gt)).latent_dist.mode()).sample)
-        long_color.append(_analyze(rec, parse_prompt(p))[1][0].color)
-    return {"color_17": np.round(np.mean(color, 0), 2).tolist(), "shape_17": np.round(np.mean(shape, 0), 2).tolist(),
+        tracks.append(_track(_roundtrip(vae, render_video(p, num_frames=17, seed=seed)), p))
+        by_color.setdefault(parse_prompt(p).objects[0].color, []).append(tracks[-1].color[13:].mean())
+    long_tracks = [_track(_roundtrip(vae, render_video(p, num_frames=33, seed=seed, layout="anywhere")), p)
+                   for p, seed in pairs[:12]]
+    return {"color_17": _per_frame_means(tracks, "color"), "shape_17": _per_frame_means(tracks, "shape"),
             "color_frames_13_16_by_color": _round({c: np.mean(v) for c, v in by_color.items()}),
-            "color_33_anywhere": np.round(np.mean(long_color, 0), 2).tolist()}
+            "color_33_anywhere": _per_frame_means(long_tracks, "color")}
 
 
 @torch.no_grad()
@@ -137,8 +149,7 @@ def sampler(pipe, pairs):
                             ("guidance 5", {"guidance_scale": 5.0}, None), ("40 steps", {"num_inference_steps": 40}, None),
                             ("flow shift 1.5", {}, 1.5), ("flow shift 2", {}, 2.0), ("flow shift 5", {}, 5.0)):
         pipe.scheduler = base if shift is None else UniPCMultistepScheduler.from_config(base.config, flow_shift=shift)
-        scores = [shapes_score(pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed),
-                                    **{**KW, **kw}).frames[0], p) for p, seed in pairs]
+        scores = [shapes_score(_generate(pipe, p, seed, **kw), p) for p, seed in pairs]
         out[name] = _round(mean_scores(scores))
     pipe.scheduler = base
     return out
@@ -146,13 +157,8 @@ def sampler(pipe, pairs):
 
 @torch.no_grad()
 def generated_per_frame(pipe, pairs):
-    color, shape = [], []
-    for p, seed in pairs:
-        out = pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed), **KW).frames[0]
-        track = _analyze(out, parse_prompt(p))[1][0]
-        color.append(track.color)
-        shape.append(track.shape)
-    return {"color": np.round(np.mean(color, 0), 2).tolist(), "shape": np.round(np.mean(shape, 0), 2).tolist()}
+    tracks = [_track(_generate(pipe, p, seed), p) for p, seed in pairs]
+    return {"color": _per_frame_means(tracks, "color"), "shape": _per_frame_means(tracks, "shape")}
 
 
 _TRIPLES = (("red", "right", "black"), ("green", "up", "gray"), ("blue", "left", "navy"), ("yellow", "down", "black"),
@@ -169,10 +175,10 @@ def shape_conditioning(pipe):
                 p = f"a {color} {shape} moving {direction} on a {bg} background"
                 seed = 1000 + i
                 if source == "generated":
-                    frames = pipe(p, output_type="np", generator=torch.Generator().manual_seed(seed), **KW).frames[0]
+                    frames = _generate(pipe, p, seed)
                 else:
                     frames = render_video(p, num_frames=KW["num_frames"], seed=seed)
-                sil.append(np.nanmean(_analyze(to_frames(frames), parse_prompt(p))[1][0].silhouette, axis=0))
+                sil.append(np.nanmean(_track(frames, p).silhouette, axis=0))
                 score.append(shapes_score(frames, p)["shape"])
             fill, tb = np.mean(sil, 0)
             out[f"{source}: {shape}"] = _round({"fill": fill, "top_bottom": tb, "shape_score": np.mean(score)})

@@ -112,7 +112,7 @@ class _Track:
     path: np.ndarray  # [F-1] path length, pixels
     still: bool
     scale: float
-    silhouette: np.ndarray | None = None  # [F, 2] fill ratio and top/bottom width ratio (nan where absent)
+    silhouette: np.ndarray  # [F, 2] fill ratio and top/bottom width ratio (nan where absent)
 
 
 def _object_stats(alpha: np.ndarray, fg_rgb: np.ndarray, weight_mask: np.ndarray, obj: ShapeObject):

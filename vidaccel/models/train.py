@@ -469,12 +469,14 @@ class Trainer:
 
     def _fit_vae(self, stage: str, vae, params: list, *, total: int, lr: float, warmup: int, seed_mul: int,
                  batch, train_encoder: bool, lr_span: int | None = None,
-                 noise: float | None = None) -> tuple[int, float, "_Budget"]:
+                 noise: float | None = None) -> tuple[int, float | None, "_Budget"]:
         """The loop both VAE stages share: resumable AdamW on reconstruction + latent-linearity losses.
 
         ``batch(step)`` gives the clips; with ``train_encoder`` the encoder learns too (and a light
-        penalty on the posterior mean keeps the latent scale bounded), else it is frozen."""
+        penalty on the posterior mean keeps the latent scale bounded), else it is frozen. ``noise``: the
+        latent noise (default ``vae_noise``)."""
         cfg = self.cfg
+        noise = cfg.vae_noise if noise is None else noise
         ck = self.work / f"{stage}_ckpt.pt"
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         step, elapsed, _ = _resume(ck, vae, opt, stage)
@@ -497,7 +499,7 @@ class Trainer:
                 mean = vae.encode(x).latent_dist.mean
             # near-deterministic autoencoder: the posterior mean plus a small fixed noise (the
             # posterior's own std starts at ~1 and would drown the signal for most of a short run)
-            z = mean + (cfg.vae_noise if noise is None else noise) * torch.randn(mean.shape, generator=gen)
+            z = mean + noise * torch.randn(mean.shape, generator=gen)
             y = vae.decode(z).sample
             rec = (y - x).abs().mean() + F.mse_loss(y, x)
             loss = rec + cfg.vae_kl * mean.pow(2).mean() if train_encoder else rec  # light bound on the latent scale
