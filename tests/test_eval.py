@@ -153,3 +153,18 @@ def test_color_match_is_a_soft_classifier():
     assert color_match(np.array([0.9, 0.1, 0.1]), "red", list(COLORS)) > 0.9
     assert color_match(np.array([1.0, 0.5, 0.0]), "red", list(COLORS)) < 0.6  # orange is ambiguous
     assert color_match(np.array([1.0, 1.0, 0.0]), "red", list(COLORS)) < 0.01
+
+
+def test_shape_by_prompted_shape_groups_the_held_out_scores(heldout_gt):
+    from vidaccel.models.evaluate import shape_by_prompted_shape
+
+    pairs = heldout_prompts(24)
+    scores = [shapes_score(v, p) for p, v in heldout_gt]
+    # a scorer that reads every object as a circle: circles keep their score, the others get 0
+    fake = [{**s, "shape": s["shape"] if " circle " in p else 0.0} for (p, _), s in zip(pairs, scores)]
+    by = shape_by_prompted_shape(pairs, fake)
+    assert set(by) == {"circle", "square", "triangle"}
+    assert by["circle"] >= 0.9 and by["square"] == 0.0 and by["triangle"] == 0.0
+    true_by = shape_by_prompted_shape(pairs, scores)
+    assert all(v >= 0.9 for v in true_by.values()), true_by
+    assert np.isnan(shape_by_prompted_shape(pairs[:1], scores[:1])["square" if " circle " in pairs[0][0] else "circle"])

@@ -39,6 +39,15 @@ def _fmt(s: dict) -> str:
     return " | ".join(f"{s[k]:.3f}" for k in KEYS)
 
 
+def shape_by_prompted_shape(pairs, scores) -> dict[str, float]:
+    """Mean ``shape`` score per prompted shape (circle / square / triangle) of single-object prompts."""
+    out = {}
+    for shape in ("circle", "square", "triangle"):
+        vals = [sc["shape"] for (p, _), sc in zip(pairs, scores) if f" {shape} " in p]
+        out[shape] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
 def evaluate_t2v(folder: Path, pairs, *, overrides: dict | None = None):
     from diffusers import WanPipeline
 
@@ -121,12 +130,18 @@ def main(argv=None) -> int:
         f"Bars: overall >= 0.8, colour >= 0.9, motion >= 0.75. Mean generation time per video (warm, "
         f"{EMBEDDED_DEFAULTS['shapes-t2v']['num_inference_steps']} steps, CFG): {np.mean(times):.2f} s.",
         "",
+        "Shape score by prompted shape (circle / square / triangle): generated "
+        + " / ".join(f"{v:.3f}" for v in shape_by_prompted_shape(pairs, t2v).values())
+        + "; ground truth through the VAE "
+        + " / ".join(f"{v:.3f}" for v in shape_by_prompted_shape(pairs, vae_rt).values()) + ".",
+        "",
         "| prompt | seed | overall | color | shape | motion | background |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {p} | {s} | {_fmt(sc)} |" for (p, s), sc in zip(pairs, t2v)]
-    report = {"gt": gt_m, "vae_roundtrip": vae_m, "t2v": t2v_m, "t2v_per_prompt": t2v, "t2v_seconds": times, "settings": over}
-    print("\n".join(lines[:14]))
+    report = {"gt": gt_m, "vae_roundtrip": vae_m, "t2v": t2v_m, "t2v_per_prompt": t2v, "vae_roundtrip_per_prompt": vae_rt,
+              "prompts": [[p, s] for p, s in pairs], "t2v_seconds": times, "settings": over}
+    print("\n".join(lines[:17]))
     if not args.skip_ar:
         ar, ar_gt, cfg = evaluate_ar(models / "shapes-ar", pairs[: args.ar_prompts], args.ar_chunks, **({"guidance_scale": args.guidance} if args.guidance else {}))
         first = mean_scores([r["chunks"][0] for r in ar])

@@ -125,7 +125,9 @@ class TrainConfig:
     long_pad_prob: float = 0.05  # fraction of batches whose text is zero-padded to 512 (robustness)
     train_shift: float = 3.0
     flow_shift: float = 3.0
-    fg_weight: float = 4.0  # extra loss weight on latent positions that differ from the frame's background
+    # extra loss weight on latent positions that differ from the frame's background. 16 was tried (2026-11-22):
+    # colour 0.973 but motion 0.834 and shapes-ar broke its bar (benchmarks/results/embedded_t2v_ablation_22min.md)
+    fg_weight: float = 4.0
     warmup: int = 50
     # AR
     chunk_frames: int = 2
@@ -767,23 +769,28 @@ class Trainer:
         self._train_transformer("ar", init)
 
     # -- stage 5: export ----------------------------------------------------------------------
-    def stage_export(self):
+    def export_pipeline(self, stage: str, dest: Path) -> None:
+        """Save a ``WanPipeline`` of the ``stage`` ("t2v" or "ar") transformer, the VAE and the text parts to
+        ``dest`` (replaced if it exists)."""
         from diffusers import WanTransformer3DModel
 
+        tr = WanTransformer3DModel.from_pretrained(self.work / f"{stage}_final", dtype=torch.float32)
+        pipe = self.pipeline(transformer=tr)
+        # float16 storage halves the size; the tiny text encoder stays float32 so that loading
+        # without a dtype (transformers keeps the stored dtype) still gives float32 embeddings
+        pipe.transformer.to(torch.float16)
+        pipe.vae.to(torch.float16)
+        if dest.exists():
+            shutil.rmtree(dest)
+        pipe.save_pretrained(dest, safe_serialization=True)
+
+    def stage_export(self):
         t0 = time.time()
         out = Path(self.cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, stage in (("shapes-t2v", "t2v"), ("shapes-ar", "ar")):
-            tr = WanTransformer3DModel.from_pretrained(self.work / f"{stage}_final", dtype=torch.float32)
-            pipe = self.pipeline(transformer=tr)
-            # float16 storage halves the size; the tiny text encoder stays float32 so that loading
-            # without a dtype (transformers keeps the stored dtype) still gives float32 embeddings
-            pipe.transformer.to(torch.float16)
-            pipe.vae.to(torch.float16)
             dest = out / name
-            if dest.exists():
-                shutil.rmtree(dest)
-            pipe.save_pretrained(dest, safe_serialization=True)
+            self.export_pipeline(stage, dest)
             if name == "shapes-ar":
                 CausalConfig(
                     chunk_frames=self.cfg.chunk_frames,
