@@ -216,3 +216,21 @@ def test_train_embedded_end_to_end_tiny(tmp_path, caplog):
         train_embedded(tmp_path / "out", stages=("ar",), **{**kw, "ar_steps": 3})
     assert "ar: resumed at step 2" in caplog.text
     assert json.loads((work / "info.json").read_text())["ar"]["steps"] == 3
+
+
+def test_edge_weight_marks_object_outlines():
+    from vidaccel.models.shapes import render_video
+    from vidaccel.models.train import _edge_weight, _video_tensor
+
+    v = render_video("a red square moving right on a black background", num_frames=1, seed=3)
+    x = _video_tensor(v)[None]  # [1, 3, 1, 128, 128]
+    w = _edge_weight(x, 5.0)
+    assert w.shape == (1, 1, 1, 128, 128)
+    assert set(torch.unique(w).tolist()) == {1.0, 6.0}
+    fg = (x[0, 0, 0] > -0.5).numpy()  # red channel: the square
+    ys, xs = np.nonzero(fg)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    assert w[0, 0, 0, (y0 + y1) // 2, (x0 + x1) // 2] == 1.0  # the middle of the square is not an edge
+    assert w[0, 0, 0, y0, (x0 + x1) // 2] == 6.0 and w[0, 0, 0, (y0 + y1) // 2, x1] == 6.0  # its outline is
+    assert w[0, 0, 0, 2, 2] == 1.0  # plain background is not
+    assert (w > 1).float().mean() < 0.1

@@ -94,6 +94,11 @@ class TrainConfig:
     vae_long_crop_center: str = "first"
     vae_dec_crop_center: str = "first"  # both decoder rounds
     vae_dec_noise: float = 0.05  # latent noise of the decoder rounds (the vae stages use vae_noise)
+    # extra reconstruction weight of the decoder rounds on pixels at object edges (0 = recipe v3): corners and
+    # tips are a few pixels each, and the plain loss lets the decoder round them off. 8 in a third decoder round
+    # lifted ground truth through the VAE (shape 0.591 -> 0.622) but lowered generation (overall 0.784 -> 0.770;
+    # benchmarks/results/embedded_decoder_edge.md), so it is off
+    vae_dec_edge_weight: float = 0.0
     # whole-VAE round on 17-frame clips (5 latent frames): the causal encoder trained on 9-frame clips
     # never sees its later latent frames, which drift (held-out colour of GT through the recipe-v2 VAE fell
     # from 0.99 in frames 0-11 to 0.52 in frame 16; 0.82 with this stage)
@@ -324,6 +329,20 @@ def _foreground_weight(x0: torch.Tensor, weight: float) -> torch.Tensor:
     return 1.0 + weight * m
 
 
+def _edge_weight(x: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
+    """1 + ``weight`` at pixels of ``x`` [B, C, F, H, W] (in [-1, 1]) next to a spatial step larger than
+    ``threshold`` in any channel (object outlines, dilated by one pixel); shape [B, 1, F, H, W]."""
+    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(dim=1, keepdim=True)
+    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(dim=1, keepdim=True)
+    m = torch.zeros_like(x[:, :1])
+    m[..., :, 1:] = torch.maximum(m[..., :, 1:], gx)
+    m[..., :, :-1] = torch.maximum(m[..., :, :-1], gx)
+    m[..., 1:, :] = torch.maximum(m[..., 1:, :], gy)
+    m[..., :-1, :] = torch.maximum(m[..., :-1, :], gy)
+    m = F.max_pool3d((m > threshold).float(), kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+    return 1.0 + weight * m
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -471,12 +490,12 @@ class Trainer:
 
     def _fit_vae(self, stage: str, vae, params: list, *, total: int, lr: float, warmup: int, seed_mul: int,
                  batch, train_encoder: bool, lr_span: int | None = None,
-                 noise: float | None = None) -> tuple[int, float | None, "_Budget"]:
+                 noise: float | None = None, edge_weight: float = 0.0) -> tuple[int, float | None, "_Budget"]:
         """The loop both VAE stages share: resumable AdamW on reconstruction + latent-linearity losses.
 
         ``batch(step)`` gives the clips; with ``train_encoder`` the encoder learns too (and a light
         penalty on the posterior mean keeps the latent scale bounded), else it is frozen. ``noise``: the
-        latent noise (default ``vae_noise``)."""
+        latent noise (default ``vae_noise``); ``edge_weight``: extra weight on edge pixels (:func:`_edge_weight`)."""
         cfg = self.cfg
         noise = cfg.vae_noise if noise is None else noise
         ck = self.work / f"{stage}_ckpt.pt"
@@ -503,7 +522,11 @@ class Trainer:
             # posterior's own std starts at ~1 and would drown the signal for most of a short run)
             z = mean + noise * torch.randn(mean.shape, generator=gen)
             y = vae.decode(z).sample
-            rec = (y - x).abs().mean() + F.mse_loss(y, x)
+            if edge_weight > 0:
+                w = _edge_weight(x, edge_weight).expand_as(x)
+                rec = ((y - x).abs() * w).sum() / w.sum() + ((y - x) ** 2 * w).sum() / w.sum()
+            else:
+                rec = (y - x).abs().mean() + F.mse_loss(y, x)
             loss = rec + cfg.vae_kl * mean.pow(2).mean() if train_encoder else rec  # light bound on the latent scale
             loss = loss + cfg.vae_mix * _mix_loss(vae, z, x, gen)
             _optimizer_step(opt, loss, params)
@@ -606,7 +629,7 @@ class Trainer:
             stage, vae, params, total=steps, lr=lr, warmup=20, seed_mul=seed_mul,
             batch=lambda step: self._vae_batch(clip_base + step, frames=cfg.vae_dec_frames, batch=cfg.vae_dec_batch,
                                                center=cfg.vae_dec_crop_center),
-            train_encoder=False, lr_span=lr_span, noise=cfg.vae_dec_noise,
+            train_encoder=False, lr_span=lr_span, noise=cfg.vae_dec_noise, edge_weight=cfg.vae_dec_edge_weight,
         )
         self._replace_vae_final(vae)
         self._mark_done(stage, budget.elapsed, steps=step, final_rec=rec)
