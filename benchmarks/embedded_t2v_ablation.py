@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import timeit  # noqa: E402  (benchmarks/)
 from vidaccel.models.evaluate import shape_by_prompted_shape  # noqa: E402
 from vidaccel.models.shapes import heldout_prompts  # noqa: E402
-from vidaccel.models.train import TrainConfig, Trainer  # noqa: E402
+from vidaccel.models.train import TrainConfig, Trainer, build_transformer, config_value  # noqa: E402
 
 _SHARED = ("latents_short.pt", "latents_long.pt")  # hard-linked (large, read-only)
 _COPIED = ("text", "vae_final")
@@ -42,13 +46,12 @@ def parse_arm(text: str) -> tuple[str, dict]:
     name, sep, rest = text.partition(":")
     if not sep or not name:
         raise ValueError(f"--arm {text!r}: expected NAME:FIELD=VALUE,... (NAME: for the base recipe)")
-    fields = TrainConfig.__dataclass_fields__
     over = {}
     for item in filter(None, rest.split(",")):
         k, eq, v = item.partition("=")
-        if not eq or k not in fields or isinstance(getattr(TrainConfig(), k), dict):
-            raise ValueError(f"--arm {name}: field {k!r} is not a scalar TrainConfig field; allowed: {sorted(fields)}")
-        over[k] = type(getattr(TrainConfig(), k))(v)
+        if not eq:
+            raise ValueError(f"--arm {name}: {item!r} is not FIELD=VALUE")
+        over[k] = config_value(k, v)
     return name, over
 
 
@@ -70,7 +73,7 @@ def prepare(base: Path, work: Path) -> None:
             os.link(base / f, work / f)
     for d in _COPIED:
         if not (work / d).exists():
-            subprocess.run(["cp", "-r", str(base / d), str(work / d)], check=True)
+            shutil.copytree(base / d, work / d)
     for s in _DONE:
         (work / f"{s}.done").write_text("ok\n")
 
@@ -89,10 +92,6 @@ def train_arm(work: Path, over: dict, minutes: float, threads: int) -> float:
 def step_seconds(over: dict, threads: int = 2, repeats: int = 3) -> float:
     """Median wall time of one t2v training step (forward, backward, AdamW) of the arm's transformer on a random
     batch of 17-frame 128x128 clips (5 x 16 x 16 latents), measured alone in this process."""
-    import torch
-
-    from vidaccel.models.train import build_transformer
-
     cfg = TrainConfig(**over)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -101,14 +100,13 @@ def step_seconds(over: dict, threads: int = 2, repeats: int = 3) -> float:
     B = cfg.batch
     x = torch.randn(B, 16, cfg.short_frames // 4 + 1, cfg.height // 8, cfg.width // 8)
     text, t = torch.randn(B, cfg.max_sequence_length, cfg.text_dim), torch.rand(B) * 1000
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
+
+    def step():
         model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0].square().mean().backward()
         opt.step()
         opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+
+    return timeit(step, warmup=1, repeats=repeats)
 
 
 def evaluate_arm(work: Path, over: dict, n: int) -> dict:
@@ -141,7 +139,8 @@ def main(argv=None) -> int:
     threads = max(1, 2 // args.parallel)
     step_s = {name: step_seconds({**common, **over}) for name, over in arms}
     for name, over in arms:
-        print(f"{name}: {step_s[name]:.3f} s per training step (2 threads, batch {TrainConfig(**over).batch})", flush=True)
+        print(f"{name}: {step_s[name]:.3f} s per training step (2 threads, batch {TrainConfig(**{**common, **over}).batch})",
+              flush=True)
     if args.timing_only:
         return 0
     root = Path(args.work)

@@ -234,3 +234,16 @@ def test_edge_weight_marks_object_outlines():
     assert w[0, 0, 0, y0, (x0 + x1) // 2] == 6.0 and w[0, 0, 0, (y0 + y1) // 2, x1] == 6.0  # its outline is
     assert w[0, 0, 0, 2, 2] == 1.0  # plain background is not
     assert (w > 1).float().mean() < 0.1
+
+
+def test_config_value_types_train_overrides():
+    from vidaccel.models.train import config_value
+
+    assert config_value("fg_weight", "16") == 16.0 and isinstance(config_value("fg_weight", "16"), float)
+    assert config_value("patch", "2") == 2 and config_value("vae_dec_crop_center", "path") == "path"
+    with pytest.raises(ValueError, match="'nope' is not a scalar TrainConfig field"):
+        config_value("nope", "1")
+    with pytest.raises(ValueError, match="'minutes' is not a scalar"):
+        config_value("minutes", "3")
+    with pytest.raises(ValueError, match=r"TrainConfig.patch='2.5'; allowed: a int"):
+        config_value("patch", "2.5")

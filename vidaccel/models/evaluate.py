@@ -29,7 +29,7 @@ import torch
 from vidaccel.eval import ASPECTS, mean_scores, shapes_score, shapes_score_segments
 from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR
 from vidaccel.models.causal import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar
-from vidaccel.models.shapes import heldout_prompts, render_video
+from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video
 
 logger = logging.getLogger(__name__)
 KEYS = ("overall",) + ASPECTS
@@ -40,12 +40,14 @@ def _fmt(s: dict) -> str:
 
 
 def shape_by_prompted_shape(pairs, scores) -> dict[str, float]:
-    """Mean ``shape`` score per prompted shape (circle / square / triangle) of single-object prompts."""
-    out = {}
-    for shape in ("circle", "square", "triangle"):
-        vals = [sc["shape"] for (p, _), sc in zip(pairs, scores) if f" {shape} " in p]
-        out[shape] = float(np.mean(vals)) if vals else float("nan")
-    return out
+    """Mean ``shape`` score per prompted shape (:data:`~vidaccel.models.shapes.SHAPES`) of single-object
+    prompts; NaN for a shape no such prompt names."""
+    objs = [parse_prompt(p).objects for p, _ in pairs]
+    return {
+        shape: float(np.mean(v)) if (v := [sc["shape"] for o, sc in zip(objs, scores) if len(o) == 1 and o[0].shape == shape])
+        else float("nan")
+        for shape in SHAPES
+    }
 
 
 def evaluate_t2v(folder: Path, pairs, *, overrides: dict | None = None):

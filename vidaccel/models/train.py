@@ -332,13 +332,10 @@ def _foreground_weight(x0: torch.Tensor, weight: float) -> torch.Tensor:
 def _edge_weight(x: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
     """1 + ``weight`` at pixels of ``x`` [B, C, F, H, W] (in [-1, 1]) next to a spatial step larger than
     ``threshold`` in any channel (object outlines, dilated by one pixel); shape [B, 1, F, H, W]."""
-    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(dim=1, keepdim=True)
-    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(dim=1, keepdim=True)
-    m = torch.zeros_like(x[:, :1])
-    m[..., :, 1:] = torch.maximum(m[..., :, 1:], gx)
-    m[..., :, :-1] = torch.maximum(m[..., :, :-1], gx)
-    m[..., 1:, :] = torch.maximum(m[..., 1:, :], gy)
-    m[..., :-1, :] = torch.maximum(m[..., :-1, :], gy)
+    # steps between neighbours, zero-padded so both pixels of a step see it
+    gx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs().amax(dim=1, keepdim=True), (1, 1))
+    gy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs().amax(dim=1, keepdim=True), (0, 0, 1, 1))
+    m = torch.maximum(torch.maximum(gx[..., :, 1:], gx[..., :, :-1]), torch.maximum(gy[..., 1:, :], gy[..., :-1, :]))
     m = F.max_pool3d((m > threshold).float(), kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
     return 1.0 + weight * m
 
@@ -877,6 +874,23 @@ def train_embedded(
     return Path(cfg.out_dir)
 
 
+def config_value(field: str, text: str):
+    """``text`` converted to the type of the scalar :class:`TrainConfig` field ``field``.
+
+    Raises:
+        ValueError: for an unknown or non-scalar field, or a value of the wrong type.
+    """
+    default = TrainConfig()
+    scalars = sorted(k for k in TrainConfig.__dataclass_fields__ if isinstance(getattr(default, k), (int, float, str)))
+    if field not in scalars:
+        raise ValueError(f"field {field!r} is not a scalar TrainConfig field; allowed: {scalars}")
+    typ = type(getattr(default, field))
+    try:
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"TrainConfig.{field}={text!r}; allowed: a {typ.__name__}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``vidaccel train-embedded``: reproduce the shipped embedded models on CPU."""
     ap = argparse.ArgumentParser(prog="vidaccel train-embedded", description=main.__doc__)
@@ -896,13 +910,12 @@ def main(argv: list[str] | None = None) -> int:
         k, _, v = m.partition("=")
         minutes[k] = float(v)
     overrides: dict = {"threads": args.threads}
-    fields = TrainConfig.__dataclass_fields__
     for s in args.set:
         k, _, v = s.partition("=")
-        if k not in fields:
-            ap.error(f"--set {k}: unknown field; allowed: {sorted(fields)}")
-        typ = type(getattr(TrainConfig(), k))
-        overrides[k] = typ(v)
+        try:
+            overrides[k] = config_value(k, v)
+        except ValueError as e:
+            ap.error(f"--set {s}: {e}")
     train_embedded(
         args.out, resume=not args.no_resume, workdir=args.workdir, minutes=minutes,
         stages=tuple(s for s in args.stages.split(",") if s), **overrides,
