@@ -15,7 +15,10 @@ Prints one JSON object per section and writes them all to ``--out``:
   adherence is lost);
 - ``shape_conditioning``: six (colour, direction, background) triples, each generated as a circle, a square
   and a triangle from the same seed: mean silhouette fill ratio and top/bottom width ratio per prompted
-  shape, beside the ground truth's (does the model separate the shapes at all?).
+  shape, beside the ground truth's (does the model separate the shapes at all?);
+- ``object_size``: held-out ground truth and its VAE round trip, with the world's object half-size range
+  (``shapes.HALF_SIZE_RANGE``) set to 11-17, 14-20, 17-23 and 18-24 px: how much of the shape score the VAE's
+  8x spatial compression costs at each object size.
 
     python benchmarks/embedded_diagnostics.py                 # ~6 min on 2 CPU cores
     python benchmarks/embedded_diagnostics.py --model DIR     # another shapes-t2v folder
@@ -38,10 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vidaccel.eval import _analyze, mean_scores, shapes_score, to_frames  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
+from vidaccel.models import shapes  # noqa: E402
+from vidaccel.models.evaluate import shape_by_prompted_shape, vae_roundtrip_scores  # noqa: E402
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
 
 KW = EMBEDDED_DEFAULTS["shapes-t2v"]
-SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning")
+SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning",
+            "object_size")
 
 
 def _round(d):
@@ -185,6 +191,22 @@ def shape_conditioning(pipe):
     return out
 
 
+@torch.no_grad()
+def object_size(vae, pairs, ranges=((11.0, 17.0), (14.0, 20.0), (17.0, 23.0), (18.0, 24.0))):
+    out, shipped = {}, shapes.HALF_SIZE_RANGE
+    try:
+        for r in ranges:
+            shapes.HALF_SIZE_RANGE = r
+            gt = [shapes_score(render_video(p, num_frames=KW["num_frames"], seed=s), p) for p, s in pairs]
+            rt = vae_roundtrip_scores(vae, pairs, num_frames=KW["num_frames"])
+            out[f"half size {r[0]:g}-{r[1]:g} px"] = {
+                "ground truth": _round(mean_scores(gt)), "through the VAE": _round(mean_scores(rt)),
+                "VAE shape by prompted shape": _round(shape_by_prompted_shape(pairs, rt))}
+    finally:
+        shapes.HALF_SIZE_RANGE = shipped
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(embedded_path("shapes-t2v")))
@@ -205,7 +227,8 @@ def main() -> None:
               "command": "python " + " ".join(sys.argv)}
     run = {"vae_per_frame": lambda: vae_per_frame(pipe.vae, pairs), "latent_drift": lambda: latent_drift(pipe.vae),
            "blur": lambda: blur(pairs), "sdedit": lambda: sdedit(pipe, pairs), "sampler": lambda: sampler(pipe, pairs),
-           "generated_per_frame": lambda: generated_per_frame(pipe, pairs), "shape_conditioning": lambda: shape_conditioning(pipe)}
+           "generated_per_frame": lambda: generated_per_frame(pipe, pairs), "shape_conditioning": lambda: shape_conditioning(pipe),
+           "object_size": lambda: object_size(pipe.vae, pairs)}
     for name in sections:
         result[name] = run[name]()
         print(json.dumps({name: result[name]}), flush=True)

@@ -64,6 +64,16 @@ def test_defaults_are_complete():
     assert info["config"]["max_sequence_length"] == d["max_sequence_length"]
 
 
+@pytest.mark.parametrize("name", ["shapes-t2v", "shapes-ar"])
+def test_shipped_models_were_trained_on_todays_world(name):
+    """The evaluator renders ground truth with shapes.HALF_SIZE_RANGE; a model trained on other object sizes
+    would be scored against a world it never saw."""
+    from vidaccel.models import shapes
+
+    info = json.loads((embedded_path(name) / "training_info.json").read_text())
+    assert tuple(info["world"]["half_size_range"]) == shapes.HALF_SIZE_RANGE
+
+
 def test_tokenizer_has_one_token_per_word(t2v):
     tok = t2v.tokenizer
     for w in vocabulary_words():

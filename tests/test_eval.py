@@ -168,3 +168,15 @@ def test_shape_by_prompted_shape_groups_the_held_out_scores(heldout_gt):
     true_by = shape_by_prompted_shape(pairs, scores)
     assert all(v >= 0.9 for v in true_by.values()), true_by
     assert np.isnan(shape_by_prompted_shape(pairs[:1], scores[:1])["square" if " circle " in pairs[0][0] else "circle"])
+
+
+def test_validation_split_never_reuses_a_held_out_seed():
+    from vidaccel.models.evaluate import split_prompts
+
+    held = split_prompts("heldout", 24)
+    assert held == heldout_prompts(24)
+    val = split_prompts("validation", 48)
+    assert len(val) >= 47 and {p for p, _ in val} == {p for p, _ in heldout_prompts(48)}
+    assert not {s for _, s in val} & {s for _, s in held}
+    with pytest.raises(ValueError, match="split='test'.*heldout, validation"):
+        split_prompts("test")

@@ -61,6 +61,8 @@ REFERENCE_FRAMES = 17
 #: anchor point, jittered by up to 8 px per axis at 128 px) or ``"anywhere"`` (uniform over the frame).
 LAYOUTS: tuple[str, ...] = ("centered", "anywhere")
 _LAYOUT_JITTER = 8.0
+#: Half-size range of objects (centre to edge, pixels at a 128-pixel frame), drawn uniformly per object.
+HALF_SIZE_RANGE: tuple[float, float] = (17.0, 23.0)
 #: Words of the grammar that are not attribute values.
 GRAMMAR_WORDS: tuple[str, ...] = ("a", "moving", "on", "background", "and", "staying")
 
@@ -360,7 +362,7 @@ def plan_scene(
     plans = []
     anchors = (0.5,) if len(spec.objects) == 1 else (0.35, 0.65)
     for k, obj in enumerate(spec.objects):
-        half = float(rng.uniform(11.0, 17.0) * scale)
+        half = float(rng.uniform(*HALF_SIZE_RANGE) * scale)
         dx, dy = DIRECTIONS[obj.direction]
         speed = SPEEDS[obj.speed] * scale
         travel = speed * (REFERENCE_FRAMES - 1)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vidaccel.models import shapes
 from vidaccel.models.causal import CausalConfig, apply_block_causal, remove_block_causal
 from vidaccel.models.shapes import (
     HELDOUT_SEED_BASE,
@@ -84,20 +85,20 @@ class TrainConfig:
     vae_kl: float = 1e-4
     vae_noise: float = 0.05
     vae_mix: float = 1.0  # weight of the latent-linearity loss: decode(a z1 + (1-a) z2) ~ a x1 + (1-a) x2
-    # where the 17-frame stages centre their crops: "first" = the first object's first-frame position (the shipped
-    # recipe v3); "path" = the middle of its path over the clip. A normal-speed object moves 40 px in 17 frames,
-    # so a 48-px crop centred on the first frame loses it in the last frames and the decoder seldom learns them
-    # (v3: held-out colour of GT through the VAE 0.99 in frames 0-6, 0.82 in frames 13-16). "path" in both
-    # decoder rounds (+ vae_dec_noise 0.2) lifted that to 0.946 and generation to 0.784 overall (v3 0.779);
-    # "path" also in vae_long (encoder retrained, so t2v/ar too): 0.961 / 0.777. Neither is shipped yet
+    # where the 17-frame stages centre their crops: "first" = the first object's first-frame position (recipe v3);
+    # "path" = the middle of its path over the clip. A normal-speed object moves 40 px in 17 frames, so a 48-px crop
+    # centred on the first frame loses it in the last frames and the decoder seldom learns them (v3: held-out colour
+    # of GT through the VAE 0.99 in frames 0-6, 0.82 in frames 13-16). Recipe v4 uses "path" in both decoder rounds
+    # (+ vae_dec_noise 0.2): on the v3 world that lifted GT colour through the VAE to 0.946, generation 0.779 -> 0.784.
+    # "path" also in vae_long (encoder retrained, so t2v/ar too) gave 0.961 / 0.777, so vae_long keeps "first"
     # (benchmarks/RESULTS.md, 2026-11-22).
     vae_long_crop_center: str = "first"
-    vae_dec_crop_center: str = "first"  # both decoder rounds
-    vae_dec_noise: float = 0.05  # latent noise of the decoder rounds (the vae stages use vae_noise)
+    vae_dec_crop_center: str = "path"  # both decoder rounds
+    vae_dec_noise: float = 0.2  # latent noise of the decoder rounds (the vae stages use vae_noise); v3: 0.05
     # extra reconstruction weight of the decoder rounds on pixels at object edges (0 = recipe v3): corners and
     # tips are a few pixels each, and the plain loss lets the decoder round them off. 8 in a third decoder round
-    # lifted ground truth through the VAE (shape 0.591 -> 0.622) but lowered generation (overall 0.784 -> 0.770;
-    # benchmarks/results/embedded_decoder_edge.md), so it is off
+    # lifted ground truth through the VAE (shape 0.591 -> 0.622) but lowered generation (overall 0.784 -> 0.770,
+    # v3 world; benchmarks/results/embedded_decoder_edge.md), so it is off
     vae_dec_edge_weight: float = 0.0
     # whole-VAE round on 17-frame clips (5 latent frames): the causal encoder trained on 9-frame clips
     # never sees its later latent frames, which drift (held-out colour of GT through the recipe-v2 VAE fell
@@ -818,7 +819,8 @@ class Trainer:
                     max_sequence_length=self.cfg.max_sequence_length,
                 ).save(dest)
             (dest / "training_info.json").write_text(
-                json.dumps({"timings_s": self.timings, "info": self.info, "config": asdict(self.cfg)}, indent=2, default=str)
+                json.dumps({"timings_s": self.timings, "info": self.info, "config": asdict(self.cfg),
+                            "world": {"half_size_range": list(shapes.HALF_SIZE_RANGE)}}, indent=2, default=str)
             )
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         logger.info("exported to %s (%.1f MB)", out, size / 1e6)
