@@ -42,8 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from vidaccel.eval import _analyze, mean_scores, shapes_score, to_frames  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
 from vidaccel.models import shapes  # noqa: E402
-from vidaccel.models.evaluate import shape_by_prompted_shape, vae_roundtrip_scores  # noqa: E402
+from vidaccel.models.evaluate import decoded_frames, shape_by_prompted_shape, vae_roundtrip, vae_roundtrip_scores  # noqa: E402
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
+from vidaccel.models.train import _video_tensor  # noqa: E402
 
 KW = EMBEDDED_DEFAULTS["shapes-t2v"]
 SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning",
@@ -52,19 +53,6 @@ SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "gener
 
 def _round(d):
     return {k: round(float(v), 3) for k, v in d.items()}
-
-
-def _to_x(frames_u8):
-    return torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-
-
-def _to_frames(x):
-    return ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
-
-
-def _roundtrip(vae, frames_u8):
-    """Frames [F, H, W, 3] in [0, 1] after encoding (posterior mode) and decoding ``frames_u8``."""
-    return _to_frames(vae.decode(vae.encode(_to_x(frames_u8)).latent_dist.mode()).sample)
 
 
 def _generate(pipe, prompt, seed, **kw):
@@ -84,9 +72,9 @@ def _per_frame_means(tracks, field):
 def vae_per_frame(vae, pairs):
     tracks, by_color = [], {}
     for p, seed in pairs:
-        tracks.append(_track(_roundtrip(vae, render_video(p, num_frames=17, seed=seed)), p))
+        tracks.append(_track(vae_roundtrip(vae, render_video(p, num_frames=17, seed=seed)), p))
         by_color.setdefault(parse_prompt(p).objects[0].color, []).append(tracks[-1].color[13:].mean())
-    long_tracks = [_track(_roundtrip(vae, render_video(p, num_frames=33, seed=seed, layout="anywhere")), p)
+    long_tracks = [_track(vae_roundtrip(vae, render_video(p, num_frames=33, seed=seed, layout="anywhere")), p)
                    for p, seed in pairs[:12]]
     return {"color_17": _per_frame_means(tracks, "color"), "shape_17": _per_frame_means(tracks, "shape"),
             "color_frames_13_16_by_color": _round({c: np.mean(v) for c, v in by_color.items()}),
@@ -96,7 +84,7 @@ def vae_per_frame(vae, pairs):
 @torch.no_grad()
 def latent_drift(vae):
     gt = render_video("a red square staying still on a gray background", num_frames=33, seed=5)
-    z = vae.encode(_to_x(gt)).latent_dist.mode()
+    z = vae.encode(_video_tensor(gt)[None]).latent_dist.mode()
     ref = z[:, :, 1]
     return {"rel_l2_vs_latent_frame_1": [round((z[:, :, k] - ref).norm().item() / ref.norm().item(), 3)
                                           for k in range(z.shape[2])]}
@@ -129,7 +117,7 @@ def sdedit(pipe, pairs, starts=(24, 22, 20, 15, 10, 5), guidance=4.0, steps=25):
     for k in starts:
         scores = []
         for p, seed in pairs:
-            z0 = (vae.encode(_to_x(render_video(p, num_frames=17, seed=seed))).latent_dist.mode() - mean) / std
+            z0 = (vae.encode(_video_tensor(render_video(p, num_frames=17, seed=seed))[None]).latent_dist.mode() - mean) / std
             sch.set_timesteps(steps)
             sigma = sch.sigmas[k].item()
             x = (1 - sigma) * z0 + sigma * torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
@@ -140,7 +128,7 @@ def sdedit(pipe, pairs, starts=(24, 22, 20, 15, 10, 5), guidance=4.0, steps=25):
                 v = tr(hidden_states=torch.cat([x, x]), timestep=t.expand(2), encoder_hidden_states=text,
                        return_dict=False)[0]
                 x = sch.step(v[1:] + guidance * (v[:1] - v[1:]), t, x, return_dict=False)[0]
-            scores.append(shapes_score(_to_frames(vae.decode(x * std + mean).sample), p))
+            scores.append(shapes_score(decoded_frames(vae.decode(x * std + mean).sample), p))
         out[f"k{k}_sigma{sigma:.3f}"] = _round(mean_scores(scores))
     return out
 

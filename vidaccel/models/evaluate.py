@@ -33,6 +33,7 @@ from vidaccel.eval import ASPECTS, mean_scores, shapes_score, shapes_score_segme
 from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR
 from vidaccel.models.causal import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video
+from vidaccel.models.train import _video_tensor
 
 logger = logging.getLogger(__name__)
 #: ``heldout_prompts(seed=...)`` of each split; "heldout" is the reported one.
@@ -71,17 +72,23 @@ def evaluate_t2v(folder: Path, pairs, *, overrides: dict | None = None):
     return scores, vae_rt, times
 
 
+def decoded_frames(sample: torch.Tensor) -> np.ndarray:
+    """The first video of a VAE decoder output [B, 3, F, H, W] in [-1, 1] as frames [F, H, W, 3] in [0, 1]."""
+    return ((sample[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
+
+
 @torch.no_grad()
+def vae_roundtrip(vae, frames_u8: np.ndarray) -> np.ndarray:
+    """Frames [F, H, W, 3] in [0, 1] after encoding (posterior mode) and decoding ``frames_u8`` with ``vae``."""
+    return decoded_frames(vae.decode(vae.encode(_video_tensor(frames_u8)[None]).latent_dist.mode()).sample)
+
+
 def vae_roundtrip_scores(vae, pairs, *, num_frames: int = 17, height: int = 128, width: int = 128) -> list[dict]:
     """Adherence of the ground-truth videos of ``pairs`` after encode + decode by ``vae`` (the decoder's ceiling)."""
-    out = []
-    for p, seed in pairs:
-        gt = render_video(p, num_frames=num_frames, height=height, width=width, seed=seed)
-        x = torch.from_numpy(gt).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        rec = ((rec[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).numpy()
-        out.append(shapes_score(rec, p))
-    return out
+    return [
+        shapes_score(vae_roundtrip(vae, render_video(p, num_frames=num_frames, height=height, width=width, seed=seed)), p)
+        for p, seed in pairs
+    ]
 
 
 def evaluate_ar(folder: Path, pairs, num_chunks: int, **kw):
