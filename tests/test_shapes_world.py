@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from vidaccel.models.shapes import (
     BACKGROUNDS,
     COLORS,
+    HALF_SIZE_RANGE,
     HELDOUT_SEED_BASE,
     SHAPES,
     VOCAB,
@@ -205,3 +206,20 @@ def test_layouts_centered_paths_and_anywhere_spread():
     assert spread.max() - spread.min() > 50
     with pytest.raises(ValueError, match="layout='grid' is not allowed"):
         plan_scene(prompt, height=128, width=128, seed=0, layout="grid")
+
+
+def test_half_size_range_sets_the_object_size():
+    """``half_size_range`` overrides the world's object size for one call (the default stays HALF_SIZE_RANGE)."""
+    p = "a white square staying still on a black background"
+
+    def side(**kw):  # the still square's side in pixels (1.8 x the half-size), from its anti-aliased area
+        frame = render_video(p, num_frames=1, seed=11, **kw)[0]
+        return float(np.sqrt(frame.astype(np.float64).mean(-1).sum() / 255.0))
+
+    assert abs(side(half_size_range=(10.0, 10.0)) - 18) < 0.2 and abs(side(half_size_range=(20.0, 20.0)) - 36) < 0.2
+    lo, hi = HALF_SIZE_RANGE
+    assert 1.8 * lo - 0.2 <= side() <= 1.8 * hi + 0.2
+    with pytest.raises(ValueError, match=r"half_size_range=\(0.0, 5.0\); allowed"):
+        render_video(p, num_frames=1, half_size_range=(0.0, 5.0))
+    with pytest.raises(ValueError, match=r"half_size_range=\(9.0, 8.0\)"):
+        plan_scene(p, height=128, width=128, seed=0, half_size_range=(9.0, 8.0))

@@ -338,6 +338,7 @@ def plan_scene(
     seed: int,
     texture: float | None = 0.0,
     layout: str = "centered",
+    half_size_range: tuple[float, float] | None = None,
 ) -> ScenePlan:
     """Sample sizes, start positions and velocities for ``prompt`` deterministically from ``seed``.
 
@@ -351,8 +352,13 @@ def plan_scene(
             :data:`REFERENCE_FRAMES`-frame path near an anchor (the frame centre for one object; the
             points at 35 % and 65 % of both axes for two), so a prompt decides the layout up to a small
             jitter; ``"anywhere"`` draws start positions uniformly.
+        half_size_range: (low, high) object half-size in pixels at 128x128 (scaled with the frame);
+            ``None`` = :data:`HALF_SIZE_RANGE`, the world the embedded models were trained on.
     """
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    lo, hi = HALF_SIZE_RANGE if half_size_range is None else half_size_range
+    if not 1.0 <= lo <= hi <= 32.0:
+        raise ValueError(f"half_size_range={half_size_range!r}; allowed: (low, high) with 1 <= low <= high <= 32 px")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}")
     if height < 32 or width < 32:
@@ -362,7 +368,7 @@ def plan_scene(
     plans = []
     anchors = (0.5,) if len(spec.objects) == 1 else (0.35, 0.65)
     for k, obj in enumerate(spec.objects):
-        half = float(rng.uniform(*HALF_SIZE_RANGE) * scale)
+        half = float(rng.uniform(lo, hi) * scale)
         dx, dy = DIRECTIONS[obj.direction]
         speed = SPEEDS[obj.speed] * scale
         travel = speed * (REFERENCE_FRAMES - 1)
@@ -451,6 +457,7 @@ def render_video(
     seed: int = 0,
     texture: float | None = 0.0,
     layout: str = "centered",
+    half_size_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Render a shapes-world video.
 
@@ -459,7 +466,7 @@ def render_video(
             (then ``height``/``width``/``seed``/``texture`` are taken from the plan).
         num_frames: any length >= 1; objects keep moving and bouncing.
         seed: determines sizes, positions and texture.
-        layout: see :func:`plan_scene`.
+        layout, half_size_range: see :func:`plan_scene`.
 
     Returns:
         uint8 array [num_frames, height, width, 3].
@@ -467,6 +474,7 @@ def render_video(
     plan = (
         prompt_or_spec
         if isinstance(prompt_or_spec, ScenePlan)
-        else plan_scene(prompt_or_spec, height=height, width=width, seed=seed, texture=texture, layout=layout)
+        else plan_scene(prompt_or_spec, height=height, width=width, seed=seed, texture=texture, layout=layout,
+                        half_size_range=half_size_range)
     )
     return render_plan(plan, num_frames)
