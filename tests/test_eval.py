@@ -176,7 +176,17 @@ def test_validation_split_never_reuses_a_held_out_seed():
     held = split_prompts("heldout", 24)
     assert held == heldout_prompts(24)
     val = split_prompts("validation", 48)
-    assert len(val) >= 47 and {p for p, _ in val} == {p for p, _ in heldout_prompts(48)}
+    assert [p for p, _ in val] == [p for p, _ in heldout_prompts(48)]
     assert not {s for _, s in val} & {s for _, s in held}
     with pytest.raises(ValueError, match="split='test'.*heldout, validation"):
         split_prompts("test")
+
+
+def test_validation_split_moves_clashing_seeds(monkeypatch):
+    """Even a validation split drawn from the held-out split's own seed keeps n pairs, none of them reported."""
+    from vidaccel.models import evaluate
+
+    monkeypatch.setitem(evaluate.SPLITS, "validation", evaluate.SPLITS["heldout"])
+    val, held = evaluate.split_prompts("validation", 30), evaluate.split_prompts("heldout", 30)
+    assert len(val) == 30 and [p for p, _ in val] == [p for p, _ in held]
+    assert not {s for _, s in val} & {s for _, s in held}

@@ -83,10 +83,12 @@ def vae_roundtrip(vae, frames_u8: np.ndarray) -> np.ndarray:
     return decoded_frames(vae.decode(vae.encode(_video_tensor(frames_u8)[None]).latent_dist.mode()).sample)
 
 
-def vae_roundtrip_scores(vae, pairs, *, num_frames: int = 17, height: int = 128, width: int = 128) -> list[dict]:
+def vae_roundtrip_scores(vae, pairs, *, num_frames: int = 17, height: int = 128, width: int = 128,
+                         half_size_range: tuple[float, float] | None = None) -> list[dict]:
     """Adherence of the ground-truth videos of ``pairs`` after encode + decode by ``vae`` (the decoder's ceiling)."""
     return [
-        shapes_score(vae_roundtrip(vae, render_video(p, num_frames=num_frames, height=height, width=width, seed=seed)), p)
+        shapes_score(vae_roundtrip(vae, render_video(p, num_frames=num_frames, height=height, width=width, seed=seed,
+                                                half_size_range=half_size_range)), p)
         for p, seed in pairs
     ]
 
@@ -113,7 +115,12 @@ def split_prompts(split: str, n: int = 24) -> list[tuple[str, int]]:
     pairs = heldout_prompts(n, seed=SPLITS[split])
     if split != "heldout":
         reported = {s for _, s in heldout_prompts(max(n, 24), seed=SPLITS["heldout"])}
-        pairs = [(p, s) for p, s in pairs if s not in reported]
+        out = []
+        for p, s in pairs:  # a seed the reported split also draws moves to the next free one; n pairs either way
+            while s in reported:
+                s += 1
+            out.append((p, s))
+        pairs = out
     return pairs
 
 
