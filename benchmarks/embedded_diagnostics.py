@@ -16,9 +16,11 @@ Prints one JSON object per section and writes them all to ``--out``:
 - ``shape_conditioning``: six (colour, direction, background) triples, each generated as a circle, a square
   and a triangle from the same seed: mean silhouette fill ratio and top/bottom width ratio per prompted
   shape, beside the ground truth's (does the model separate the shapes at all?);
-- ``object_size``: held-out ground truth and its VAE round trip, with the world's object half-size range
-  (``shapes.HALF_SIZE_RANGE``) set to 11-17, 14-20, 17-23 and 18-24 px: how much of the shape score the VAE's
-  8x spatial compression costs at each object size.
+- ``object_size``: held-out ground truth and its VAE round trip, rendered with object half-sizes
+  (``render_video(half_size_range=...)``) of 11-17, 14-20, 17-23 and 18-24 px: how much of the shape score the
+  VAE's 8x spatial compression costs at each object size;
+- ``latent_frames``: per latent frame of held-out ground truth through the encoder: std, foreground signal and
+  the share of positions over the t2v foreground threshold, with and without ``TrainConfig.frame_balance``.
 
     python benchmarks/embedded_diagnostics.py                 # ~6 min on 2 CPU cores
     python benchmarks/embedded_diagnostics.py --model DIR     # another shapes-t2v folder
@@ -41,14 +43,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vidaccel.eval import _analyze, mean_scores, shapes_score, to_frames  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
-from vidaccel.models import shapes  # noqa: E402
 from vidaccel.models.evaluate import decoded_frames, shape_by_prompted_shape, vae_roundtrip, vae_roundtrip_scores  # noqa: E402
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
 from vidaccel.models.train import _video_tensor  # noqa: E402
 
 KW = EMBEDDED_DEFAULTS["shapes-t2v"]
 SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning",
-            "object_size")
+            "object_size", "latent_frames")
 
 
 def _round(d):
@@ -181,18 +182,36 @@ def shape_conditioning(pipe):
 
 @torch.no_grad()
 def object_size(vae, pairs, ranges=((11.0, 17.0), (14.0, 20.0), (17.0, 23.0), (18.0, 24.0))):
-    out, shipped = {}, shapes.HALF_SIZE_RANGE
-    try:
-        for r in ranges:
-            shapes.HALF_SIZE_RANGE = r
-            gt = [shapes_score(render_video(p, num_frames=KW["num_frames"], seed=s), p) for p, s in pairs]
-            rt = vae_roundtrip_scores(vae, pairs, num_frames=KW["num_frames"])
-            out[f"half size {r[0]:g}-{r[1]:g} px"] = {
-                "ground truth": _round(mean_scores(gt)), "through the VAE": _round(mean_scores(rt)),
-                "VAE shape by prompted shape": _round(shape_by_prompted_shape(pairs, rt))}
-    finally:
-        shapes.HALF_SIZE_RANGE = shipped
+    out = {}
+    for r in ranges:
+        gt = [shapes_score(render_video(p, num_frames=KW["num_frames"], seed=s, half_size_range=r), p) for p, s in pairs]
+        rt = vae_roundtrip_scores(vae, pairs, num_frames=KW["num_frames"], half_size_range=r)
+        out[f"half size {r[0]:g}-{r[1]:g} px"] = {
+            "ground truth": _round(mean_scores(gt)), "through the VAE": _round(mean_scores(rt)),
+            "VAE shape by prompted shape": _round(shape_by_prompted_shape(pairs, rt))}
     return out
+
+
+@torch.no_grad()
+def latent_frames(vae, pairs):
+    """Per latent frame of held-out 17-frame clips (normalised as the transformer sees them): std, mean
+    foreground signal, the fraction of positions over the t2v foreground threshold 0.3, and what
+    ``TrainConfig.frame_balance`` = 1 makes of them (weights, thresholds, fraction over the threshold)."""
+    from vidaccel.models.train import _frame_balance
+
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    z = torch.cat([(vae.encode(_video_tensor(render_video(p, num_frames=17, seed=s))[None]).latent_dist.mode() - mean) / std
+                   for p, s in pairs])
+    d = (z - z.flatten(3).median(-1).values[..., None, None]).abs().mean(1)  # [N, F, H, W]
+    w, thr = _frame_balance(z, 1.0)
+
+    def r(t):
+        return np.round(np.asarray(t, dtype=float), 3).tolist()
+
+    return {"std": r([z[:, :, f].std() for f in range(z.shape[2])]), "foreground_signal": r(d.mean((0, 2, 3))),
+            "over_0.3": r((d > 0.3).float().mean((0, 2, 3))), "balance_1_weights": r(w), "balance_1_thresholds": r(thr),
+            "balance_1_over_threshold": r((d > thr.view(1, -1, 1, 1)).float().mean((0, 2, 3)))}
 
 
 def main() -> None:
@@ -216,7 +235,7 @@ def main() -> None:
     run = {"vae_per_frame": lambda: vae_per_frame(pipe.vae, pairs), "latent_drift": lambda: latent_drift(pipe.vae),
            "blur": lambda: blur(pairs), "sdedit": lambda: sdedit(pipe, pairs), "sampler": lambda: sampler(pipe, pairs),
            "generated_per_frame": lambda: generated_per_frame(pipe, pairs), "shape_conditioning": lambda: shape_conditioning(pipe),
-           "object_size": lambda: object_size(pipe.vae, pairs)}
+           "object_size": lambda: object_size(pipe.vae, pairs), "latent_frames": lambda: latent_frames(pipe.vae, pairs)}
     for name in sections:
         result[name] = run[name]()
         print(json.dumps({name: result[name]}), flush=True)

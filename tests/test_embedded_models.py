@@ -163,6 +163,8 @@ def test_train_config_validation():
         TrainConfig(window_frames=5, chunk_frames=2)
     with pytest.raises(ValueError, match="vae_dec_crop_center='middle'"):
         TrainConfig(vae_dec_crop_center="middle")
+    with pytest.raises(ValueError, match=r"frame_balance=-1.0; allowed: >= 0"):
+        TrainConfig(frame_balance=-1.0)
 
 
 def test_path_centred_crops_keep_the_object_in_the_last_frame(tmp_path):
@@ -201,7 +203,7 @@ def test_train_embedded_end_to_end_tiny(tmp_path, caplog):
     kw = dict(
         workdir=tmp_path / "work", height=64, width=64, n_short=4, n_long=2, long_frames=25, threads=1,
         vae_steps=2, vae_batch=2, vae_long_steps=2, vae_long_batch=2, vae_dec_steps=2, vae_dec2_steps=2,
-        vae_dec_batch=2, t2v_steps=2, ar_steps=2, batch=2, warmup=1,
+        vae_dec_batch=2, t2v_steps=2, ar_steps=2, batch=2, warmup=1, frame_balance=1.0,
     )
     out = train_embedded(tmp_path / "out", **kw)
     work = tmp_path / "work"
@@ -244,6 +246,32 @@ def test_edge_weight_marks_object_outlines():
     assert w[0, 0, 0, y0, (x0 + x1) // 2] == 6.0 and w[0, 0, 0, (y0 + y1) // 2, x1] == 6.0  # its outline is
     assert w[0, 0, 0, 2, 2] == 1.0  # plain background is not
     assert (w > 1).float().mean() < 0.1
+
+
+def test_frame_balance_weights_and_thresholds():
+    from vidaccel.models.train import _foreground_weight, _frame_balance
+
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    z = torch.randn(64, 4, 6, 8, 8, generator=g)
+    z[:, :, 0] *= 0.5  # the first latent frame at half the amplitude, as the causal VAE gives it
+    w, thr = _frame_balance(z, 1.0)
+    assert w.shape == thr.shape == (6,)
+    np.testing.assert_allclose(w[1:].numpy(), 1.0, atol=0.03)
+    np.testing.assert_allclose(w[0].item(), 2.0, rtol=0.05)
+    np.testing.assert_allclose(thr[0].item(), 0.15, rtol=0.05)
+    w2, _ = _frame_balance(z, 2.0)
+    np.testing.assert_allclose(w2[0].item(), 4.0, rtol=0.1)
+    w0, thr0 = _frame_balance(z, 0.0)  # off: recipe v4
+    assert torch.equal(w0, torch.ones(6)) and torch.equal(thr0, torch.full((6,), 0.3))
+
+    # a per-frame threshold finds a faint object in the first frame that the shared 0.3 misses
+    x0 = torch.zeros(1, 4, 2, 8, 8)
+    x0[:, :, :, 2:4, 2:4] = 0.2
+    x0[:, :, 1, 2:4, 2:4] = 0.4
+    shared = _foreground_weight(x0, 4.0)
+    per_frame = _foreground_weight(x0, 4.0, torch.tensor([0.15, 0.3]).view(1, 1, 2, 1, 1))
+    assert shared[0, 0, 0].max() == 1.0 and shared[0, 0, 1].max() == 5.0
+    assert per_frame[0, 0, 0, 3, 3] == 5.0 and torch.equal(per_frame[0, 0, 1], shared[0, 0, 1])
 
 
 def test_config_value_types_train_overrides():

@@ -134,6 +134,13 @@ class TrainConfig:
     # extra loss weight on latent positions that differ from the frame's background. 16 was tried (2026-11-22):
     # colour 0.973 but motion 0.834 and shapes-ar broke its bar (benchmarks/results/embedded_t2v_ablation_22min.md)
     fg_weight: float = 4.0
+    # per-latent-frame balance of the transformer loss. The causal VAE gives its first latent frames (one pixel frame,
+    # then the first four) less amplitude: std 0.68 / 0.90 against 1.12-1.21 for the later ones on the v4 latents, and
+    # a foreground signal of half the later frames', so at a shared sigma they are noisier, their foreground passed
+    # the fg threshold half as often, and generated frames 0-4 were the worst (shape 0.25 vs 0.40 for frames 5-16,
+    # colour of frame 0 0.89 vs 0.99). With balance p > 0 each latent index f weighs (s_ref / s_f) ** p, s_f its std
+    # over the training latents and s_ref their median, and the fg threshold scales with s_f / s_ref. 0 = recipe v4
+    frame_balance: float = 0.0
     warmup: int = 50
     # AR
     chunk_frames: int = 2
@@ -156,6 +163,8 @@ class TrainConfig:
         lat_long = (self.long_frames - 1) // 4 + 1
         if self.window_frames > lat_long:
             raise ValueError(f"TrainConfig.window_frames={self.window_frames} > latent frames of long clips {lat_long}")
+        if self.frame_balance < 0:
+            raise ValueError(f"TrainConfig.frame_balance={self.frame_balance}; allowed: >= 0")
         for name in ("vae_long_crop_center", "vae_dec_crop_center"):
             if getattr(self, name) not in ("path", "first"):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; allowed: 'path', 'first'")
@@ -321,13 +330,27 @@ def _mix_loss(vae, z: torch.Tensor, x: torch.Tensor, gen: torch.Generator) -> to
     return (ym - xm).abs().mean() + F.mse_loss(ym, xm)
 
 
-def _foreground_weight(x0: torch.Tensor, weight: float) -> torch.Tensor:
+def _foreground_weight(x0: torch.Tensor, weight: float, threshold: float | torch.Tensor = 0.3) -> torch.Tensor:
     """1 + ``weight`` at latent positions that differ from their frame's background (the per-channel
-    median over the frame), dilated by one latent pixel; shape [B, 1, F, H, W]."""
+    median over the frame) by more than ``threshold`` (a float, or per frame: broadcastable to
+    [B, 1, F, 1, 1]), dilated by one latent pixel; shape [B, 1, F, H, W]."""
     bg = x0.flatten(3).median(dim=-1).values[..., None, None]
-    m = ((x0 - bg).abs().mean(dim=1, keepdim=True) > 0.3).float()
+    m = ((x0 - bg).abs().mean(dim=1, keepdim=True) > threshold).float()
     m = F.max_pool3d(m, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
     return 1.0 + weight * m
+
+
+def _frame_balance(latents: torch.Tensor, power: float, fg_threshold: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-latent-frame loss weights and foreground thresholds from ``latents`` [N, C, F, H, W]:
+    ``(s_ref / s_f) ** power`` and ``fg_threshold * s_f / s_ref``, with s_f the std of latent frame f
+    and s_ref the median over frames; both shape [F]. ``power`` 0 gives ones and ``fg_threshold``."""
+    if power < 0:
+        raise ValueError(f"TrainConfig.frame_balance={power}; allowed: >= 0")
+    if power == 0:
+        return torch.ones(latents.shape[2]), torch.full((latents.shape[2],), float(fg_threshold))
+    s = torch.stack([latents[:, :, f].float().std() for f in range(latents.shape[2])])
+    rel = s / s.median()
+    return rel.pow(-power), fg_threshold * rel
 
 
 def _edge_weight(x: torch.Tensor, weight: float, threshold: float = 0.1) -> torch.Tensor:
@@ -701,6 +724,11 @@ class Trainer:
         W = cfg.window_frames
         n_lat_long = lat_l.shape[2]
         tpf = (lat_s.shape[3] // cfg.patch) * (lat_s.shape[4] // cfg.patch)
+        # by absolute latent index: the long clips cover every index a T2V clip or an AR window uses
+        frame_w, fg_thr = _frame_balance(lat_l, cfg.frame_balance)
+        if cfg.frame_balance:
+            logger.info("%s: frame balance %.2f: weights %s, fg thresholds %s", stage, cfg.frame_balance,
+                        np.round(frame_w.numpy(), 2).tolist(), np.round(fg_thr.numpy(), 3).tolist())
         last_ck = time.time()
         losses: list[float] = []
         model.train()
@@ -724,6 +752,7 @@ class Trainer:
                 s_b = sigma.view(B, 1, 1, 1, 1)
                 timestep = sigma * 1000.0
                 loss_w = None
+                f_idx = torch.arange(T).expand(B, T)
             else:
                 idx = rng.integers(lat_l.shape[0], size=B)
                 offs = rng.integers(0, (n_lat_long - W) // cfg.chunk_frames + 1, size=B) * cfg.chunk_frames
@@ -741,6 +770,7 @@ class Trainer:
                 s_b = sig_f.view(B, 1, W, 1, 1)
                 timestep = (sig_f * 1000.0).repeat_interleave(tpf, dim=1)  # [B, W * tpf]
                 loss_w = (sig_f > 0.05).float().view(B, 1, W, 1, 1)
+                f_idx = torch.from_numpy(offs)[:, None] + torch.arange(W)[None, :]
             drop = rng.random(B) < cfg.cfg_dropout
             text = torch.stack([empty if d else emb[p] for p, d in zip(ps, drop)])
             if rng.random() < cfg.long_pad_prob:
@@ -752,8 +782,11 @@ class Trainer:
                 g["lr"] = _lr_at(step, total, lr, warmup=cfg.warmup)
             pred = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
             if cfg.fg_weight > 0:
-                fg = _foreground_weight(x0, cfg.fg_weight)
+                fg = _foreground_weight(x0, cfg.fg_weight, fg_thr[f_idx].view(B, 1, -1, 1, 1))
                 loss_w = fg if loss_w is None else loss_w * fg
+            if cfg.frame_balance:
+                fw = frame_w[f_idx].view(B, 1, -1, 1, 1)
+                loss_w = fw if loss_w is None else loss_w * fw
             if loss_w is None:
                 loss = F.mse_loss(pred, target)
             else:
@@ -907,6 +940,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a TrainConfig field (int/float/str), e.g. --set t2v_steps=3000")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the stage log (budgets, resumes, per-100-step losses) even where the caller configured logging first:
+    # ``vidaccel train-embedded`` sets WARNING for its pass-through subcommands
+    logging.getLogger("vidaccel.models").setLevel(logging.INFO)
     minutes = {}
     for m in args.minutes:
         k, _, v = m.partition("=")
