@@ -219,6 +219,11 @@ def test_half_size_range_sets_the_object_size():
     assert abs(side(half_size_range=(10.0, 10.0)) - 18) < 0.2 and abs(side(half_size_range=(20.0, 20.0)) - 36) < 0.2
     lo, hi = HALF_SIZE_RANGE
     assert 1.8 * lo - 0.2 <= side() <= 1.8 * hi + 0.2
+    # every object of a two-object scene draws its size from the range
+    for seed in range(20):
+        plan = plan_scene("a red circle moving left and a blue square moving up on a gray background",
+                          height=128, width=128, seed=seed, layout="anywhere")
+        assert all(lo <= o.half_size <= hi for o in plan.objects), [o.half_size for o in plan.objects]
     with pytest.raises(ValueError, match=r"half_size_range=\(0.0, 5.0\); allowed"):
         render_video(p, num_frames=1, half_size_range=(0.0, 5.0))
     with pytest.raises(ValueError, match=r"half_size_range=\(9.0, 8.0\)"):

@@ -356,8 +356,8 @@ def plan_scene(
             ``None`` = :data:`HALF_SIZE_RANGE`, the world the embedded models were trained on.
     """
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    lo, hi = HALF_SIZE_RANGE if half_size_range is None else half_size_range
-    if not 1.0 <= lo <= hi <= 32.0:
+    size_lo, size_hi = HALF_SIZE_RANGE if half_size_range is None else half_size_range
+    if not 1.0 <= size_lo <= size_hi <= 32.0:
         raise ValueError(f"half_size_range={half_size_range!r}; allowed: (low, high) with 1 <= low <= high <= 32 px")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}")
@@ -368,7 +368,7 @@ def plan_scene(
     plans = []
     anchors = (0.5,) if len(spec.objects) == 1 else (0.35, 0.65)
     for k, obj in enumerate(spec.objects):
-        half = float(rng.uniform(lo, hi) * scale)
+        half = float(rng.uniform(size_lo, size_hi) * scale)
         dx, dy = DIRECTIONS[obj.direction]
         speed = SPEEDS[obj.speed] * scale
         travel = speed * (REFERENCE_FRAMES - 1)
