@@ -56,6 +56,14 @@ def _round(d):
     return {k: round(float(v), 3) for k, v in d.items()}
 
 
+def _normalised_latent(vae, frames_u8):
+    """The posterior-mode latent [1, C, T, h, w] of ``frames_u8``, normalised with the VAE's ``latents_mean/std``
+    as the transformer sees it."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    return (vae.encode(_video_tensor(frames_u8)[None]).latent_dist.mode() - mean) / std
+
+
 def _generate(pipe, prompt, seed, **kw):
     return pipe(prompt, output_type="np", generator=torch.Generator().manual_seed(seed), **{**KW, **kw}).frames[0]
 
@@ -118,7 +126,7 @@ def sdedit(pipe, pairs, starts=(24, 22, 20, 15, 10, 5), guidance=4.0, steps=25):
     for k in starts:
         scores = []
         for p, seed in pairs:
-            z0 = (vae.encode(_video_tensor(render_video(p, num_frames=17, seed=seed))[None]).latent_dist.mode() - mean) / std
+            z0 = _normalised_latent(vae, render_video(p, num_frames=17, seed=seed))
             sch.set_timesteps(steps)
             sigma = sch.sigmas[k].item()
             x = (1 - sigma) * z0 + sigma * torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
@@ -199,10 +207,7 @@ def latent_frames(vae, pairs):
     ``TrainConfig.frame_balance`` = 1 makes of them (weights, thresholds, fraction over the threshold)."""
     from vidaccel.models.train import _frame_balance
 
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    z = torch.cat([(vae.encode(_video_tensor(render_video(p, num_frames=17, seed=s))[None]).latent_dist.mode() - mean) / std
-                   for p, s in pairs])
+    z = torch.cat([_normalised_latent(vae, render_video(p, num_frames=17, seed=s)) for p, s in pairs])
     d = (z - z.flatten(3).median(-1).values[..., None, None]).abs().mean(1)  # [N, F, H, W]
     w, thr = _frame_balance(z, 1.0)
 

@@ -346,9 +346,8 @@ def _foreground_weight(x0: torch.Tensor, weight: float, threshold: float | torch
 def _frame_balance(latents: torch.Tensor, power: float, fg_threshold: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-latent-frame loss weights and foreground thresholds from ``latents`` [N, C, F, H, W]:
     ``(s_ref / s_f) ** power`` and ``fg_threshold * s_f / s_ref``, with s_f the std of latent frame f
-    and s_ref the median over frames; both shape [F]. ``power`` 0 gives ones and ``fg_threshold``."""
-    if power < 0:
-        raise ValueError(f"TrainConfig.frame_balance={power}; allowed: >= 0")
+    and s_ref the median over frames; both shape [F]. ``power`` 0 gives ones and ``fg_threshold``
+    (``TrainConfig`` rejects a negative ``frame_balance``)."""
     if power == 0:
         return torch.ones(latents.shape[2]), torch.full((latents.shape[2],), float(fg_threshold))
     s = torch.stack([latents[:, :, f].float().std() for f in range(latents.shape[2])])
