@@ -118,7 +118,7 @@ def cpu_kernel(args) -> dict:
         for window, density in windows_for_densities(grid, tile, args.densities):
             for backend in backends:
                 fns = {
-                    "dense": lambda: flash_attention(q, k, v, backend="sdpa"),
+                    "dense": lambda: flash_attention(q, k, v, backend="torch"),
                     backend: lambda: sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile,
                                                             backend=backend),
                 }
@@ -208,9 +208,9 @@ def gpu_kernel(args) -> dict:
 
         def dense():
             if smoke:
-                return flash_attention(q, k, v, backend="sdpa")
+                return flash_attention(q, k, v, backend="torch")
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return flash_attention(q, k, v, backend="sdpa")
+                return flash_attention(q, k, v, backend="torch")
 
         t_dense = timeit(dense, warmup=2, repeats=args.repeats, device=device)
         if not smoke:

@@ -192,7 +192,7 @@ def _cuda_time(fn, iters: int = 20) -> float:
 
 def section_gemm() -> dict:
     from vidaccel.kernels.fp8 import Fp8Weight, fp8_linear, quantize_per_token
-    from vidaccel.kernels.fp8.ops import fp8_gemm
+    from vidaccel.kernels.fp8.wrapper import fp8_gemm
     from vidaccel.kernels.nvfp4 import NVFP4Weight, nvfp4_linear
 
     dev = torch.device("cuda")

@@ -30,7 +30,7 @@ from vidaccel.kernels.attention import (
 from vidaccel.kernels.attention.naive import attention_lse_naive, attention_naive, sliding_tile_attention_naive
 from vidaccel.kernels.attention.triton_kernel import AUTOTUNE_CONFIGS, prune_configs
 
-SPARSE_BACKENDS = ["sdpa", "gather", "flex", "triton"]
+SPARSE_BACKENDS = ["torch", "gather", "flex", "triton"]
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
@@ -76,7 +76,7 @@ def test_sliding_tile_matches_naive_fp32(case, backend, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("backend", ["sdpa", "gather", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "gather", "triton"])
 def test_sliding_tile_half_precision(dtype, backend, seed):
     grid, window, tile, ntext = (2, 6, 6), (1, 4, 4), (1, 4, 4), 5
     L = ntext + math.prod(grid)
@@ -88,7 +88,7 @@ def test_sliding_tile_half_precision(dtype, backend, seed):
     assert_rel_close(out.float(), ref, TOL[dtype], f"{backend} {dtype} seed={seed}")
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "flex", "triton"])
 @pytest.mark.parametrize("Lq,Lk,D", [(63, 100, 60), (200, 63, 128), (1000, 130, 64)])
 def test_flash_attention_ragged(Lq, Lk, D, backend, seed):
     q, k, v = qkv(1, Lq, 2, D, Lk=Lk)
@@ -97,7 +97,7 @@ def test_flash_attention_ragged(Lq, Lk, D, backend, seed):
     assert_rel_close(out, attention_naive(q, k, v), TOL[torch.float32], f"{backend} seed={seed}")
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "flex", "triton"])
 @pytest.mark.parametrize("Lq,Lk,D", [(63, 100, 60), (130, 1000, 64)])
 def test_flash_attention_log_sum_exp_and_merge(Lq, Lk, D, backend, seed):
     q, k, v = qkv(2, Lq, 2, D, Lk=Lk)
@@ -221,7 +221,7 @@ def test_errors_name_field_value_and_allowed():
         sliding_tile_attention(q, k, v, grid=(2, 3, 4), window=(0, 2, 2))
     with pytest.raises(ValueError, match=r"tile=\(1, 2\).*three integers"):
         sliding_tile_attention(q, k, v, tile=(1, 2), **kw)
-    with pytest.raises(ValueError, match="backend='cuda'.*allowed: auto, triton, flex, gather, sdpa"):
+    with pytest.raises(ValueError, match="backend='cuda'.*allowed: auto, triton, flex, gather, torch"):
         sliding_tile_attention(q, k, v, backend="cuda", **kw)
     with pytest.raises(ValueError, match="q has 24 tokens.*5 \\+ 24"):
         sliding_tile_attention(q, k, v, num_text_tokens=5, **kw)
@@ -267,8 +267,8 @@ grid, window, tile = (5, 30, 52), (4, 16, 24), (1, 8, 16)  # Wan-like: 12 heads,
 for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float16, 5e-3), (torch.float32, 1e-4)):
     q, k, v = (torch.randn(1, math.prod(grid), 12, 128, device="cuda", dtype=dtype) for _ in range(3))
     pairs = [(sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, backend="triton"),
-              sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, backend="sdpa")),
-             (flash_attention(q[:, :1000], k, v, backend="triton"), flash_attention(q[:, :1000], k, v, backend="sdpa"))]
+              sliding_tile_attention(q, k, v, grid=grid, window=window, tile=tile, backend="torch")),
+             (flash_attention(q[:, :1000], k, v, backend="triton"), flash_attention(q[:, :1000], k, v, backend="torch"))]
     for out, ref in pairs:
         assert torch.isfinite(out).all()
         err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()

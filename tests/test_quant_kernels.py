@@ -102,7 +102,7 @@ def test_fp8_nonfinite_inputs_propagate(interpret, backend):
 
 
 def test_fp8_auto_falls_back_when_scaled_mm_fails(monkeypatch):
-    from vidaccel.kernels.fp8 import ops
+    from vidaccel.kernels.fp8 import wrapper as ops
 
     def broken(*args, **kwargs):
         raise RuntimeError("row-wise scaling is not supported")
@@ -271,7 +271,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @needs_gpu
 @pytest.mark.parametrize("m,k,n", SHAPES + [(4096, 1536, 8960)])
 def test_gpu_kernels_match_spec(m, k, n):
-    from vidaccel.kernels.fp8.ops import triton_fp8_supported
+    from vidaccel.kernels.fp8.wrapper import triton_fp8_supported
 
     x, w, b = (t.cuda() for t in _data(m, k, n))
     dev = x.device

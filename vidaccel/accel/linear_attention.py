@@ -123,7 +123,7 @@ class LinearAttentionConfig:
         num_layers: how many layers ``"auto"`` swaps (default: half, rounded down, at least 1).
         feature_map: ``"hedgehog"`` (learnable; train it with :func:`linearize`), ``"elu"`` or ``"relu"``.
         rope: ``"numerator"`` (rotate the numerator's features with the layer's RoPE) or ``"none"``.
-        backend: linear-attention backend: ``"auto"``, ``"triton"``, ``"torch"``, ``"naive"``.
+        backend: linear-attention backend: ``"auto"``, ``"triton"``, ``"torch"``.
         adapter: path of a safetensors adapter written by :func:`linearize`; it sets the layers (per
             transformer role), the feature map, RoPE mode and the trained parameters.
         calibration_prompts: prompts sampled for ``layers="auto"``.

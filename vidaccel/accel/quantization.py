@@ -63,9 +63,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..kernels.fp8.ops import Fp8Weight, fp8_linear
+from ..kernels.fp8.wrapper import Fp8Weight, fp8_linear
 from ..kernels.nvfp4 import naive as nvfp4_naive
-from ..kernels.nvfp4.ops import NVFP4Weight, nvfp4_linear
+from ..kernels.nvfp4.wrapper import NVFP4Weight, nvfp4_linear
 from ..presets import register_preset
 from ..specs import pipeline_transformers, spec_for
 from .base import Technique, register_technique

@@ -73,7 +73,7 @@ class SlidingWindowConfig:
             unit kept or skipped; smaller tiles follow the window more closely, larger ones run faster.
         dense_steps: the first denoising steps that keep dense attention.
         dense_layers: block indices whose self-attention stays dense.
-        backend: kernel backend, one of ``"auto"``, ``"triton"``, ``"flex"``, ``"gather"``, ``"sdpa"``.
+        backend: kernel backend, one of ``"auto"``, ``"triton"``, ``"flex"``, ``"gather"``, ``"torch"``.
         train_grid: FreeSwim mode: the token grid of the model's training size ``(T, H, W)``.
         cross_attn_every: FreeSwim mode: recompute the dense branch's cross-attention outputs every this
             many steps (0: no dense branch). Needs a model with cross-attention (Wan).

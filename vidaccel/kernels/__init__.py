@@ -1,20 +1,36 @@
-"""vidaccel's kernels: one folder per op (``naive.py`` torch spec, Triton kernel, public wrapper)."""
+"""vidaccel's kernels: one folder per op, each with the same roles.
 
-from ._backend import available_backends, triton_available, triton_interpreting
-from . import linear_attention  # noqa: F401  (the package is callable: vidaccel.kernels.linear_attention(q, k, v))
-from .attention import flash_attention, sliding_tile_attention
-from .fp8 import Fp8Weight, fp8_linear
-from .nvfp4 import NVFP4Weight, nvfp4_linear
+* ``naive.py``: the torch spec (fp32, loops and einsum allowed), what every backend is tested against;
+* ``triton_kernel.py``: the Triton kernel(s);
+* ``wrapper.py``: the public op: validates shapes, dtypes and layouts and picks a backend
+  (:mod:`vidaccel.kernels.backend_names`: ``"auto"``, ``"triton"``, ``"torch"`` and op-specific ones).
 
-__all__ = [
-    "available_backends",
-    "triton_available",
-    "triton_interpreting",
-    "flash_attention",
-    "sliding_tile_attention",
-    "Fp8Weight",
-    "fp8_linear",
-    "NVFP4Weight",
-    "nvfp4_linear",
-    "linear_attention",
-]
+The ops load on first use, so ``import vidaccel.kernels`` imports neither torch nor triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "available_backends": "._backend",
+    "triton_available": "._backend",
+    "triton_interpreting": "._backend",
+    "flash_attention": ".attention",
+    "sliding_tile_attention": ".attention",
+    "Fp8Weight": ".fp8",
+    "fp8_linear": ".fp8",
+    "NVFP4Weight": ".nvfp4",
+    "nvfp4_linear": ".nvfp4",
+}
+
+__all__ = sorted(_LAZY) + ["linear_attention"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "linear_attention":  # the package is callable: vidaccel.kernels.linear_attention(q, k, v)
+        return importlib.import_module(".linear_attention", __name__)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,9 +5,9 @@ Backends:
 * ``"triton"``: vidaccel's block-sparse flash-attention kernel (a CUDA GPU, or ``TRITON_INTERPRET=1`` on CPU);
 * ``"flex"``: ``torch.nn.attention.flex_attention`` with a block mask over the tile layout;
 * ``"gather"``: per query tile, gather the keys of its window and run SDPA on them (real savings on CPU);
-* ``"sdpa"``: ``F.scaled_dot_product_attention`` with a dense boolean mask (the reference; no savings);
-* ``"auto"``: ``triton`` on a CUDA GPU, ``gather`` elsewhere (dense ops: ``sdpa``, i.e. torch's own
-  flash/efficient kernels).
+* ``"torch"``: ``F.scaled_dot_product_attention`` with a dense boolean mask (the reference; no savings);
+* ``"auto"``: ``triton`` on a CUDA GPU, ``gather`` elsewhere (dense ops: ``torch``, i.e. torch's own
+  SDPA flash/efficient kernels).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .. import backend_names
 from .._backend import triton_available
 from .layout import TilePlan, tile_plan
 from .naive import attention_lse_naive, sliding_tile_mask
 
 __all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "resolve_backend", "sliding_tile_attention", "flash_attention"]
 
-BACKENDS = ("auto", "triton", "flex", "gather", "sdpa")
+BACKENDS = backend_names.ATTENTION
 #: STA's tile: 4 frames × 8 × 8 tokens = 256 tokens, two 128-row kernel blocks.
 DEFAULT_TILE = (4, 8, 8)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -56,7 +57,7 @@ def resolve_backend(backend: str, device: torch.device | str, sparse: bool = Tru
     device = torch.device(device)
     if backend == "auto":
         if not sparse:
-            return "sdpa"
+            return "torch"
         return "triton" if device.type == "cuda" and triton_available(device) else "gather"
     if backend == "triton" and not triton_available(device):
         raise ValueError(f"backend='triton' cannot run on {device}: it needs a CUDA GPU or TRITON_INTERPRET=1")
@@ -94,7 +95,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backen
     Args:
         q: ``[B, Lq, H, D]``; k, v: ``[B, Lk, H, D]``; float16, bfloat16 or float32; any head dim.
         backend: ``"auto"`` (torch SDPA, i.e. flash attention where torch has it), ``"triton"``, ``"flex"``,
-            ``"sdpa"`` (``"gather"`` means ``"sdpa"`` here).
+            ``"torch"`` (``"gather"`` means ``"torch"`` here).
 
         return_lse: also return the log-sum-exp of the scaled scores, ``[B, H, Lq]`` fp32 (natural log),
             so that attentions over disjoint key sets can be merged (see :func:`merge_attention`).
@@ -288,8 +289,8 @@ def sliding_tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         align = 64 if q.device.type == "cuda" else 32
     plan = tile_plan(grid, window, tile, num_text_tokens, align=align, device=q.device)
     if plan.covers_all:
-        return flash_attention(q, k, v, backend="triton" if backend == "triton" else "sdpa")
-    if backend == "sdpa":
+        return flash_attention(q, k, v, backend="triton" if backend == "triton" else "torch")
+    if backend == "torch":
         return _sdpa(q, k, v, _dense_mask(grid, window, tile, num_text_tokens, q.device))
     if backend == "triton":
         return _triton_sparse(q, k, v, plan)

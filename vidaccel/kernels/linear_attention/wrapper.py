@@ -4,7 +4,6 @@ Backends:
 
 * ``"triton"``: :mod:`.triton_kernel` (a CUDA GPU, or ``TRITON_INTERPRET=1`` on CPU); forward only;
 * ``"torch"``: vectorised einsum/cumsum in fp32 (differentiable; what distillation trains through);
-* ``"naive"``: the spec (:mod:`.naive`);
 * ``"auto"``: ``triton`` on a CUDA GPU when no gradient is needed, else ``torch``.
 """
 
@@ -15,12 +14,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import backend_names
 from .._backend import triton_available
-from .naive import FIXED_FEATURE_MAPS, linear_attention_naive
+from .naive import FIXED_FEATURE_MAPS
 
 __all__ = ["BACKENDS", "linear_attention", "linear_attention_features", "resolve_backend", "LinearAttentionState"]
 
-BACKENDS = ("auto", "triton", "torch", "naive")
+BACKENDS = backend_names.LINEAR_ATTENTION
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -88,7 +88,7 @@ def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         causal: block-causal over chunks of ``chunk`` tokens (a query sees its own chunk and all earlier ones).
         chunk: tokens per chunk (e.g. tokens per latent frame × frames per chunk); required when causal.
         q_den, k_den: non-negative denominator features (default ``q``, ``k``).
-        backend: ``"auto"``, ``"triton"``, ``"torch"`` or ``"naive"``.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
         eps: added to the denominator.
 
     Returns:
@@ -117,8 +117,6 @@ def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         from .triton_kernel import linear_attention_triton
 
         return linear_attention_triton(q, k, v, causal=causal, chunk=chunk, q_den=q_den, k_den=k_den, eps=eps)
-    if backend == "naive":
-        return linear_attention_naive(q, k, v, causal=causal, chunk=chunk, q_den=q_den, k_den=k_den, eps=eps)
     return _torch_features(q, k, v, q_den, k_den, causal, chunk, eps)
 
 
@@ -148,8 +146,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
         chunk: tokens per chunk when causal.
         rope: optional ``rope(features) → features`` applied to the query and key features of the
             numerator only (the denominator keeps the non-negative features).
-        backend: ``"auto"`` (Triton on CUDA, torch elsewhere or when training), ``"triton"``, ``"torch"``,
-            ``"naive"``.
+        backend: ``"auto"`` (Triton on CUDA, torch elsewhere or when training), ``"triton"`` or ``"torch"``.
 
     Returns:
         ``[B, L, H, D]`` in ``v``'s dtype.

@@ -1,7 +1,7 @@
 """Triton W4A16 GEMM for NVFP4 weights: dequantizes e2m1 codes and e4m3 block scales in registers.
 
 For Hopper / Ada / Ampere, which have no FP4 matrix unit: the weight tile is unpacked, scaled and fed to a
-bf16 (or fp32) ``tl.dot``; activations stay in high precision. Loaded by :mod:`vidaccel.kernels.nvfp4.ops`
+bf16 (or fp32) ``tl.dot``; activations stay in high precision. Loaded by :mod:`vidaccel.kernels.nvfp4.wrapper`
 as a fresh module per ``TRITON_INTERPRET`` mode. The spec is :mod:`vidaccel.kernels.nvfp4.naive`.
 """
 

@@ -21,18 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import backend_names
 from .._backend import check_linear_input, kernel_module, triton_available, triton_interpreting
 from . import naive
 
 __all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUANT_MIN_M"]
 
-BACKENDS = ("auto", "triton", "dequant", "torch")
+BACKENDS = backend_names.NVFP4
 #: token count from which ``backend="auto"`` dequantizes once and calls cuBLAS (a guess; tune on the GPU)
 DEQUANT_MIN_M = 1024
 
 
 def kernels():
-    return kernel_module(os.path.join(os.path.dirname(__file__), "_triton.py"), "vidaccel.kernels.nvfp4._triton")
+    return kernel_module(os.path.join(os.path.dirname(__file__), "triton_kernel.py"), "vidaccel.kernels.nvfp4.triton_kernel")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import backend_names
 from .._backend import check_linear_input, kernel_module, triton_available, triton_interpreting
 from . import naive
 
@@ -27,12 +28,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Fp8Weight", "quantize_per_token", "fp8_gemm", "fp8_linear", "BACKENDS", "scaled_mm_supported"]
 
-BACKENDS = ("auto", "scaled_mm", "triton", "torch")
+BACKENDS = backend_names.FP8
 _ACTIVATIONS = ("dynamic", "none")
 
 
 def kernels():
-    return kernel_module(os.path.join(os.path.dirname(__file__), "_triton.py"), "vidaccel.kernels.fp8._triton")
+    return kernel_module(os.path.join(os.path.dirname(__file__), "triton_kernel.py"), "vidaccel.kernels.fp8.triton_kernel")
 
 
 @dataclass

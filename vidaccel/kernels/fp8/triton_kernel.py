@@ -1,6 +1,6 @@
 """Triton kernels for FP8 (e4m3): per-token activation quantization and a row/column-scaled FP8 GEMM.
 
-Loaded by :mod:`vidaccel.kernels.fp8.ops` as a fresh module per ``TRITON_INTERPRET`` mode (``triton.jit``
+Loaded by :mod:`vidaccel.kernels.fp8.wrapper` as a fresh module per ``TRITON_INTERPRET`` mode (``triton.jit``
 decides at decoration time whether to interpret), never imported directly. The spec is
 :mod:`vidaccel.kernels.fp8.naive`.
 """
