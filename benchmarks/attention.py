@@ -158,8 +158,8 @@ def quality(args) -> dict:
     if args.steps:
         call["num_inference_steps"] = args.steps
     steps = call.get("num_inference_steps", 25)
-    spec = vidaccel.spec_for(pipe.transformer)
-    grid = spec.token_grid(pipe.transformer, spec.latent_shape(call["num_frames"], call["height"], call["width"]))
+    family = vidaccel.family_for(pipe.transformer)
+    grid = family.token_grid(pipe.transformer, family.latent_shape(call["num_frames"], call["height"], call["width"]))
     tile = tuple(args.tile)
     configs = []
     for w in args.windows:

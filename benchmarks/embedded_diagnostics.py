@@ -43,9 +43,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vidaccel.eval import _analyze, mean_scores, shapes_score, to_frames  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
-from vidaccel.models.evaluate import decoded_frames, shape_by_prompted_shape, vae_roundtrip, vae_roundtrip_scores  # noqa: E402
+from training.evaluate import decoded_frames, shape_by_prompted_shape, vae_roundtrip, vae_roundtrip_scores  # noqa: E402
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video  # noqa: E402
-from vidaccel.models.train import _video_tensor  # noqa: E402
+from training.train import _video_tensor  # noqa: E402
 
 KW = EMBEDDED_DEFAULTS["shapes-t2v"]
 SECTIONS = ("vae_per_frame", "latent_drift", "blur", "sdedit", "sampler", "generated_per_frame", "shape_conditioning",
@@ -205,7 +205,7 @@ def latent_frames(vae, pairs):
     """Per latent frame of held-out 17-frame clips (normalised as the transformer sees them): std, mean
     foreground signal, the fraction of positions over the t2v foreground threshold 0.3, and what
     ``TrainConfig.frame_balance`` = 1 makes of them (weights, thresholds, fraction over the threshold)."""
-    from vidaccel.models.train import _frame_balance
+    from training.train import _frame_balance
 
     z = torch.cat([_normalised_latent(vae, render_video(p, num_frames=17, seed=s)) for p, s in pairs])
     d = (z - z.flatten(3).median(-1).values[..., None, None]).abs().mean(1)  # [N, F, H, W]

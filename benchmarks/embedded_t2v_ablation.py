@@ -4,7 +4,7 @@ Every arm trains the shapes-t2v transformer from scratch on the latents of one b
 ``vae`` .. ``vae_dec2`` and ``latents`` are done, e.g. a ``vidaccel train-embedded`` run), with its own
 ``TrainConfig`` overrides, for the same number of minutes. Arms run two at a time with one thread each, so
 both see the same machine load. Each arm is then exported with the base VAE and text encoder and scored with
-``python -m vidaccel.models.evaluate --skip-ar`` on the held-out prompts; the table adds the shape score per
+``python -m training.evaluate --skip-ar`` on the held-out prompts; the table adds the shape score per
 prompted shape (the aspect the shipped model misses).
 
     python benchmarks/embedded_t2v_ablation.py --base ~/.cache/vidaccel/train \\
@@ -32,9 +32,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import timeit  # noqa: E402  (benchmarks/)
-from vidaccel.models.evaluate import shape_by_prompted_shape  # noqa: E402
+from training.evaluate import shape_by_prompted_shape  # noqa: E402
 from vidaccel.models.shapes import heldout_prompts  # noqa: E402
-from vidaccel.models.train import TrainConfig, Trainer, build_transformer, config_value  # noqa: E402
+from training.train import TrainConfig, Trainer, build_transformer, config_value  # noqa: E402
 
 _SHARED = ("latents_short.pt", "latents_long.pt")  # hard-linked (large, read-only)
 _COPIED = ("text", "vae_final")
@@ -79,7 +79,7 @@ def prepare(base: Path, work: Path) -> None:
 
 
 def train_arm(work: Path, over: dict, minutes: float, threads: int) -> float:
-    cmd = [sys.executable, "-m", "vidaccel.models.train", "--workdir", str(work), "--out", str(work / "out"),
+    cmd = [sys.executable, "-m", "training.train", "--workdir", str(work), "--out", str(work / "out"),
            "--stages", "t2v", "--threads", str(threads), "--minutes", f"t2v={minutes}"]
     for k, v in over.items():
         cmd += ["--set", f"{k}={v}"]
@@ -112,7 +112,7 @@ def step_seconds(over: dict, threads: int = 2, repeats: int = 3) -> float:
 def evaluate_arm(work: Path, over: dict, n: int) -> dict:
     cfg = TrainConfig(workdir=str(work), out_dir=str(work / "out"), **over)
     Trainer(cfg).export_pipeline("t2v", work / "out" / "shapes-t2v")
-    subprocess.run([sys.executable, "-m", "vidaccel.models.evaluate", "--models", str(work / "out"), "--skip-ar",
+    subprocess.run([sys.executable, "-m", "training.evaluate", "--models", str(work / "out"), "--skip-ar",
                     "--n", str(n), "--out", str(work / "eval.md")], check=True, stdout=subprocess.DEVNULL)
     return json.loads((work / "eval.json").read_text())
 

@@ -134,7 +134,7 @@ def quality(args) -> dict:
         call.update(height=128, width=128, num_frames=17)  # the embedded model's geometry anyway
     if args.steps:
         call["num_inference_steps"] = args.steps
-    n_layers = len(vidaccel.spec_for(pipe.transformer).blocks(pipe.transformer))
+    n_layers = len(vidaccel.family_for(pipe.transformer).blocks(pipe.transformer))
     train_call = dict(call, num_inference_steps=args.train_steps or call.get("num_inference_steps", 25))
     out_dir = args.out or tempfile.mkdtemp(prefix="linattn_")
     configs, distil = [], []

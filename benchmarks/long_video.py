@@ -38,13 +38,13 @@ PROMPT = "a red circle moving right on a black background"
 
 def run_length(pipe, n, kw):
     """Stream ``n`` chunks: frames are scored chunk by chunk and dropped, so memory measures the pipeline only."""
-    from vidaccel.bench import _reset_peak, peak_memory
+    from vidaccel.memory import peak_memory, reset_peak_memory
     from vidaccel.eval import shapes_score
 
     chunk = pipe.causal_config.chunk_frames
     device = pipe._execution_device
     frames = 1 + 4 * (n * chunk - 1)
-    _reset_peak(device)
+    reset_peak_memory(device)
     times, scores, produced = [], [], 0
     start = time.perf_counter()
     for part in pipe.stream(PROMPT, num_frames=frames, **kw):
@@ -137,10 +137,10 @@ def gpu_shapes(steps=4, chunks=6):
     """Random-weight Wan2.1-1.3B-shaped causal transformer: transformer-only FPS of video (no VAE/text)."""
     from diffusers import WanTransformer3DModel
 
-    from vidaccel.accel.kv_cache import RollingKVCache
-    from vidaccel.pipelines.long_video import KVCachedWanAttnProcessor, _PassState
-    from vidaccel.accel.processors import ProcessorSwap
-    from vidaccel.specs import spec_for
+    from vidaccel.core.processors import ProcessorSwap, wrap_processor
+    from vidaccel.families import family_for
+    from vidaccel.pipelines.long_video import RollingKVCache
+    from vidaccel.pipelines.long_video.attention import KVCachedAttention, PassState, frame_rotary
 
     dev = torch.device("cuda")
     model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
@@ -148,11 +148,12 @@ def gpu_shapes(steps=4, chunks=6):
                                   cross_attn_norm=True, qk_norm="rms_norm_across_heads").to(dev, torch.bfloat16).eval()
     h, w, chunk, tpf = 60, 104, 3, 30 * 52
     cache = RollingKVCache(30, 1, 12, 128, tpf, sink_frames=3, window_frames=18, dtype=torch.bfloat16, device=dev)
-    state = _PassState(cache=cache)
-    ProcessorSwap(spec_for(model), model, lambda p, i: KVCachedWanAttnProcessor(state, i)).attach()
+    state = PassState(cache=cache)
+    family = family_for(model)
+    ProcessorSwap(family, model, lambda p, i: wrap_processor(KVCachedAttention, p, i, state=state,
+                                                             family=family)).attach()
     text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
-    table = LongVideoPipeline._rope_table(model, 24, h, w)
-    pipe = LongVideoPipeline.__new__(LongVideoPipeline)
+    table = family.rope_table(model, 24, h, w)
     times = []
     with torch.no_grad():
         for c in range(chunks):
@@ -160,8 +161,8 @@ def gpu_shapes(steps=4, chunks=6):
             t0 = time.perf_counter()
             ctx = cache.positions("relative")
             q_pos = list(range(len(ctx), len(ctx) + chunk))
-            state.rope_q = LongVideoPipeline._gather_rope(table, q_pos, dev)
-            state.rope_k = LongVideoPipeline._gather_rope(table, ctx, dev)
+            state.rope_q = frame_rotary(table, q_pos, dev)
+            state.rope_k = frame_rotary(table, ctx, dev)
             x = torch.randn(1, 16, chunk, h, w, device=dev, dtype=torch.bfloat16)
             ts = torch.full((1, chunk * tpf), 500.0, device=dev)
             for _ in range(steps):
@@ -182,7 +183,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--gpu-shapes", action="store_true")
     ap.add_argument("--one-process", action="store_true",
-                    help="run every length in this process (before 2026-11-22 09:00 UTC: the only way)")
+                    help="run every length in this process (peaks then include the allocator heap of earlier runs)")
     ap.add_argument("--model", default="embedded-ar", help="embedded-ar or a folder with causal_config.json")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "long_video.json"))
     args = ap.parse_args()

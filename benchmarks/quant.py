@@ -44,7 +44,7 @@ from vidaccel.accel.quantization import (  # noqa: E402
     estimate_weight_bytes,
     weight_bytes,
 )
-from vidaccel.presets import preset_configs  # noqa: E402
+from vidaccel.accel import preset_configs  # noqa: E402
 
 logger = logging.getLogger("benchmarks.quant")
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidaccel.accel.base import Technique, register_technique, unregister_technique
-from vidaccel.accel.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
+from vidaccel.core.technique import Technique, register_technique, unregister_technique
+from vidaccel.core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -48,7 +48,7 @@ class ScaleAttn(Technique):
     def attach(self):
         self.calls = 0
         self.resets = 0
-        self.swap = ProcessorSwap(self.spec, self.model, lambda p, i: wrap_processor(_Scaled, p, i, technique=self))
+        self.swap = ProcessorSwap(self.family, self.model, lambda p, i: wrap_processor(_Scaled, p, i, technique=self))
         self.swap.attach()
 
     def detach(self):

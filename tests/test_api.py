@@ -9,7 +9,7 @@ import torch
 
 import vidaccel
 from vidaccel.pipelines import AcceleratedPipelineMixin
-from vidaccel.specs import spec_for
+from vidaccel.families import family_for
 
 from .conftest import PIPELINE_KINDS, make_pipeline, run_pipe
 
@@ -74,7 +74,7 @@ def test_unknown_model_raises_with_class_name(test_techniques):
     with pytest.raises(ValueError, match="'Linear'.*WanTransformer3DModel"):
         vidaccel.apply(model, ScaleAttnConfig())
     with pytest.raises(ValueError, match="'Linear'"):
-        spec_for(model)
+        family_for(model)
 
 
 def test_failed_apply_leaves_target_unchanged(test_techniques):
@@ -189,7 +189,7 @@ def test_stats_empty_without_techniques():
 
 
 def test_presets_resolve():
-    from vidaccel.presets import resolve_accel
+    from vidaccel.accel import resolve_accel
 
     assert resolve_accel(None) == [] and resolve_accel("none") == []
     with pytest.raises(ValueError, match="preset='nope'.*available presets"):

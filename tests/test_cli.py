@@ -66,10 +66,10 @@ def test_bad_argument_real_exit_code():
 def test_size_off_the_model_grid_is_refused(tmp_path, capsys):
     from vidaccel.cli import main
     from vidaccel.loading import load_pipeline
-    from vidaccel.specs import spec_for
+    from vidaccel.families import family_for
 
     pipe = load_pipeline("embedded", device="cpu")
-    multiple = pipe.vae_scale_factor_spatial * spec_for(pipe.transformer).patch_size(pipe.transformer)[1]
+    multiple = pipe.vae_scale_factor_spatial * family_for(pipe.transformer).patch_size(pipe.transformer)[1]
     bad = multiple + 16 if multiple > 16 else None
     if bad is None:
         pytest.skip("this embedded model accepts every multiple of 16")

@@ -1,6 +1,7 @@
 """The shipped embedded models: layout, size, offline loading, generation, block-causal attention."""
 
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -11,15 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vidaccel.eval import shapes_score, shapes_score_segments  # noqa: E402
 from vidaccel.models import EMBEDDED_DEFAULTS, embedded_path  # noqa: E402
-from vidaccel.models.causal import (  # noqa: E402
-    CausalConfig,
-    apply_block_causal,
-    block_causal_mask,
-    chunk_pixel_bounds,
-    generate_ar_recompute,
-    load_shapes_ar,
-    remove_block_causal,
-)
+from vidaccel.pipelines.long_video import CausalConfig, apply_block_causal, remove_block_causal  # noqa: E402
+from vidaccel.pipelines.long_video.block_causal import block_causal_mask  # noqa: E402
+from training.ar_reference import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar  # noqa: E402
 from vidaccel.models.shapes import heldout_prompts, vocabulary_words  # noqa: E402
 
 LAYOUT = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -153,7 +148,7 @@ def test_ar_chunk_loop_extends_the_video(ar):
 
 
 def test_train_config_validation():
-    from vidaccel.models.train import TrainConfig
+    from training.train import TrainConfig
 
     with pytest.raises(ValueError, match="short_frames"):
         TrainConfig(short_frames=16)
@@ -170,7 +165,7 @@ def test_train_config_validation():
 def test_path_centred_crops_keep_the_object_in_the_last_frame(tmp_path):
     """17-frame VAE crops centred on the middle of the object's path still show it in the last frame; crops
     centred on its first-frame position (recipe v3) often lose it (a normal-speed object moves 40 px)."""
-    from vidaccel.models.train import TrainConfig, Trainer
+    from training.train import TrainConfig, Trainer
 
     tr = Trainer(TrainConfig(workdir=str(tmp_path), threads=1))
 
@@ -185,7 +180,7 @@ def test_path_centred_crops_keep_the_object_in_the_last_frame(tmp_path):
 
 
 def test_fresh_tokenizer_matches_shipped(t2v):
-    from vidaccel.models.train import build_tokenizer
+    from training.train import build_tokenizer
 
     tok = build_tokenizer()
     p = "a red circle moving quickly left and a blue square staying still on a navy background"
@@ -193,19 +188,31 @@ def test_fresh_tokenizer_matches_shipped(t2v):
     assert tok("a purple cat").input_ids != t2v.tokenizer("a red cat").input_ids
 
 
-def test_train_embedded_end_to_end_tiny(tmp_path, caplog):
-    """Every stage of ``vidaccel train-embedded`` at toy size: the export loads offline and generates, a
-    second call skips the finished stages, and a stage given more steps resumes from its checkpoint."""
+def _package_snapshot() -> dict[str, int]:
+    import vidaccel
+
+    root = Path(vidaccel.__file__).resolve().parent
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+
+def test_train_embedded_end_to_end_tiny(tmp_path, caplog, monkeypatch):
+    """Every stage of ``vidaccel train-embedded`` at toy size, with no output folder given: the models land in
+    ``./embedded_models`` and nothing in the installed package changes; the export loads offline and
+    generates, a second call skips the finished stages, and a stage given more steps resumes."""
     from diffusers import WanPipeline
 
-    from vidaccel.models.train import STAGES, train_embedded
+    from training.train import STAGES, train_embedded
 
     kw = dict(
         workdir=tmp_path / "work", height=64, width=64, n_short=4, n_long=2, long_frames=25, threads=1,
         vae_steps=2, vae_batch=2, vae_long_steps=2, vae_long_batch=2, vae_dec_steps=2, vae_dec2_steps=2,
         vae_dec_batch=2, t2v_steps=2, ar_steps=2, batch=2, warmup=1, frame_balance=1.0,
     )
-    out = train_embedded(tmp_path / "out", **kw)
+    monkeypatch.chdir(tmp_path)
+    before = _package_snapshot()
+    out = train_embedded(None, **kw)
+    assert out == tmp_path / "embedded_models"
+    assert _package_snapshot() == before
     work = tmp_path / "work"
     assert all((work / f"{s}.done").is_file() for s in STAGES)
     info = json.loads((work / "info.json").read_text())
@@ -219,20 +226,41 @@ def test_train_embedded_end_to_end_tiny(tmp_path, caplog):
 
     # finished stages are skipped: nothing is retrained
     stamp = (work / "t2v_final" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
-    train_embedded(tmp_path / "out", **kw)
+    train_embedded(out, **kw)
     assert (work / "t2v_final" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
 
     # a stage asked for more steps resumes from its checkpoint at the step it reached
     (work / "ar.done").unlink()
-    with caplog.at_level("INFO", logger="vidaccel.models.train"):
-        train_embedded(tmp_path / "out", stages=("ar",), **{**kw, "ar_steps": 3})
+    with caplog.at_level("INFO", logger="training.train"):
+        train_embedded(out, stages=("ar",), **{**kw, "ar_steps": 3})
     assert "ar: resumed at step 2" in caplog.text
     assert json.loads((work / "info.json").read_text())["ar"]["steps"] == 3
 
 
+def test_default_output_inside_the_package_is_refused(monkeypatch):
+    import vidaccel
+    from training.train import resolve_out_dir
+
+    package = Path(vidaccel.__file__).resolve().parent
+    monkeypatch.chdir(package.parent)
+    assert resolve_out_dir(None) == package.parent / "embedded_models"
+    monkeypatch.chdir(package)
+    with pytest.raises(ValueError, match="inside the vidaccel package; give the output folder explicitly"):
+        resolve_out_dir(None)
+    assert resolve_out_dir(package / "models" / "embedded") == package / "models" / "embedded"  # explicit: allowed
+
+
+def test_train_embedded_command_runs_the_checkout_training(capsys):
+    from vidaccel.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-embedded", "--help"])
+    assert e.value.code == 0 and "./embedded_models" in capsys.readouterr().out
+
+
 def test_edge_weight_marks_object_outlines():
     from vidaccel.models.shapes import render_video
-    from vidaccel.models.train import _edge_weight, _video_tensor
+    from training.train import _edge_weight, _video_tensor
 
     v = render_video("a red square moving right on a black background", num_frames=1, seed=3)
     x = _video_tensor(v)[None]  # [1, 3, 1, 128, 128]
@@ -249,7 +277,7 @@ def test_edge_weight_marks_object_outlines():
 
 
 def test_frame_balance_weights_and_thresholds():
-    from vidaccel.models.train import _foreground_weight, _frame_balance
+    from training.train import _foreground_weight, _frame_balance
 
     g = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
     z = torch.randn(64, 4, 6, 8, 8, generator=g)
@@ -275,7 +303,7 @@ def test_frame_balance_weights_and_thresholds():
 
 
 def test_config_value_types_train_overrides():
-    from vidaccel.models.train import config_value
+    from training.train import config_value
 
     assert config_value("fg_weight", "16") == 16.0 and isinstance(config_value("fg_weight", "16"), float)
     assert config_value("patch", "2") == 2 and config_value("vae_dec_crop_center", "path") == "path"

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from vidaccel.eval import ASPECTS, color_match, mean_scores, shapes_score, shapes_score_segments, to_frames
-from vidaccel.models.causal import chunk_pixel_bounds
+from training.ar_reference import chunk_pixel_bounds
 from vidaccel.models.shapes import BACKGROUNDS, COLORS, SHAPES, core_prompt, heldout_prompts, parse_prompt, render_video
 
 KEYS = set(ASPECTS) | {"overall"}
@@ -156,7 +156,7 @@ def test_color_match_is_a_soft_classifier():
 
 
 def test_shape_by_prompted_shape_groups_the_held_out_scores(heldout_gt):
-    from vidaccel.models.evaluate import shape_by_prompted_shape
+    from training.evaluate import shape_by_prompted_shape
 
     pairs = heldout_prompts(24)
     scores = [shapes_score(v, p) for p, v in heldout_gt]
@@ -171,7 +171,7 @@ def test_shape_by_prompted_shape_groups_the_held_out_scores(heldout_gt):
 
 
 def test_validation_split_never_reuses_a_held_out_seed():
-    from vidaccel.models.evaluate import split_prompts
+    from training.evaluate import split_prompts
 
     held = split_prompts("heldout", 24)
     assert held == heldout_prompts(24)
@@ -184,7 +184,7 @@ def test_validation_split_never_reuses_a_held_out_seed():
 
 def test_validation_split_moves_clashing_seeds(monkeypatch):
     """Even a validation split drawn from the held-out split's own seed keeps n pairs, none of them reported."""
-    from vidaccel.models import evaluate
+    from training import evaluate
 
     monkeypatch.setitem(evaluate.SPLITS, "validation", evaluate.SPLITS["heldout"])
     val, held = evaluate.split_prompts("validation", 30), evaluate.split_prompts("heldout", 30)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vidaccel.accel.kv_cache import RollingKVCache
+from vidaccel.pipelines.long_video import RollingKVCache
 
 
 def naive(frames_k, sink, window, ema=None):

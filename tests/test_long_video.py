@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidaccel.models.causal import CausalConfig
-from vidaccel.pipelines.long_video import LongVideoPipeline, WanStreamingDecoder, parse_schedule
+from vidaccel.pipelines.long_video import CausalConfig
+from vidaccel.families.wan import WanStreamingDecoder
+from vidaccel.pipelines.long_video import LongVideoPipeline, parse_schedule
 from vidaccel.video import read_video
 
 KW = dict(height=32, width=32, num_inference_steps=3, seed=0, progress=False)

@@ -165,7 +165,7 @@ def test_spec_validation():
 
 
 def test_heldout_prompts_are_core_and_unseen():
-    from vidaccel.models.train import TrainConfig, _clip_list
+    from training.train import TrainConfig, _clip_list
 
     held = heldout_prompts(24)
     assert len(held) == 24 and len({s for _, s in held}) == 24

@@ -5,7 +5,13 @@ Three ways in:
 * drop-in pipelines: ``from vidaccel.pipelines import WanPipeline`` (``from_pretrained(..., accel=...)``);
 * ``vidaccel.apply(pipe_or_transformer, *configs)`` / ``vidaccel.remove(...)`` / ``vidaccel.stats(...)``
   on any diffusers Wan / CogVideoX pipeline or bare transformer;
-* the ``vidaccel`` command line (``vidaccel generate``, ``vidaccel bench``, ``vidaccel info``).
+* the ``vidaccel`` command line (``vidaccel generate``, ``vidaccel bench``, ``vidaccel info``...).
+
+Everything loads on first use: ``import vidaccel`` imports neither diffusers nor transformers nor triton.
+
+Layers, each importing only the ones before it: :mod:`vidaccel.families` (model facts) →
+:mod:`vidaccel.core` (technique registry, processors, presets) → :mod:`vidaccel.accel` (techniques) and
+:mod:`vidaccel.kernels` → :mod:`vidaccel.api` → :mod:`vidaccel.pipelines` → :mod:`vidaccel.cli`.
 """
 
 from __future__ import annotations
@@ -13,48 +19,51 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import accel  # noqa: F401  (registers every technique and preset)
-from .api import applied, apply, finish_run, remove, reset, stats
-from .presets import available_presets, register_preset
-from .specs import MODEL_SPECS, ModelSpec, spec_for
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "apply",
-    "remove",
-    "stats",
-    "reset",
-    "applied",
-    "finish_run",
-    "load_pipeline",
-    "available_presets",
-    "register_preset",
-    "MODEL_SPECS",
-    "ModelSpec",
-    "spec_for",
-]
-__all__ += accel.__all__
-
-# Heavy imports (diffusers, transformers) happen on first use.
 _LAZY = {
-    "load_pipeline": ("vidaccel.loading", "load_pipeline"),
-    "pipelines": ("vidaccel.pipelines", None),
-    "testing": ("vidaccel.testing", None),
-    "bench": ("vidaccel.bench", None),
-    "metrics": ("vidaccel.metrics", None),
-    "eval": ("vidaccel.eval", None),
-    "models": ("vidaccel.models", None),
-    "kernels": ("vidaccel.kernels", None),
+    # technique configs and helpers
+    "CacheConfig": "vidaccel.accel.caching",
+    "SlidingWindowConfig": "vidaccel.accel.sliding_window",
+    "QuantConfig": "vidaccel.accel.quantization",
+    "LinearAttentionConfig": "vidaccel.accel.linear_attention",
+    "linearize": "vidaccel.accel.linear_attention",
+    "save_quantized": "vidaccel.accel.quantization",
+    "load_quantized": "vidaccel.accel.quantization",
+    "load_quantized_transformer": "vidaccel.accel.quantization",
+    "quant_report": "vidaccel.accel.quantization",
+    "RollingKVCache": "vidaccel.pipelines.long_video",
+    "Technique": "vidaccel.core.technique",
+    "register_technique": "vidaccel.core.technique",
+    # the API
+    "apply": "vidaccel.api",
+    "remove": "vidaccel.api",
+    "stats": "vidaccel.api",
+    "reset": "vidaccel.api",
+    "applied": "vidaccel.api",
+    "finish_run": "vidaccel.api",
+    "load_pipeline": "vidaccel.loading",
+    "available_presets": "vidaccel.accel",
+    "register_preset": "vidaccel.accel",
+    "FAMILIES": "vidaccel.families",
+    "ModelFamily": "vidaccel.families",
+    "family_for": "vidaccel.families",
 }
+_SUBMODULES = ("accel", "api", "bench", "core", "eval", "families", "kernels", "metrics", "models", "pipelines",
+               "testing", "video")
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module_name, attr = _LAZY[name]
-        module = importlib.import_module(module_name)
-        return module if attr is None else getattr(module, attr)
-    if name in accel.__all__:
-        return getattr(accel, name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'vidaccel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -5,29 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from torch import nn
-
-from .accel.base import Technique, technique_for, technique_for_type
-from .presets import resolve_accel
-from .specs import pipeline_transformers, spec_for
+from .core import technique as registry
+from .core.pipeline_class import accelerate_pipeline_class, restore_pipeline_class
+from .accel import resolve_accel
+from .core.technique import applied, finish_run, reset, stats, technique_for, technique_for_type
+from .families import family_for, pipeline_transformers
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["apply", "remove", "stats", "reset", "applied", "finish_run"]
 
-_ATTR = "_vidaccel_techniques"  # on each transformer: {technique name: Technique}, in application order
-
-
-def _stack(model: nn.Module) -> dict[str, Technique]:
-    stack = getattr(model, _ATTR, None)
-    if stack is None:
-        stack = {}
-        # object.__setattr__ keeps the dict out of nn.Module's registries (no state_dict / parameter impact).
-        object.__setattr__(model, _ATTR, stack)
-    return stack
-
 
 def _is_pipeline(target) -> bool:
+    from torch import nn
+
     return not isinstance(target, nn.Module)
 
 
@@ -64,27 +55,25 @@ def apply(target, *configs: Any):
         raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")
     for role, model in models:
         for cls in classes:
-            if cls.name in _stack(model):
+            if cls.name in registry.attached(model):
                 raise ValueError(
                     f"technique {cls.name!r} is already applied to {role} ({type(model).__name__}); "
                     f"call vidaccel.remove(target, {cls.config_type.__name__}) first"
                 )
     for cfg, cls in zip(configs_list, classes):
-        attached: list[tuple[nn.Module, Technique]] = []
+        attached: list[tuple[Any, registry.Technique]] = []
         try:
             for role, model in models:
-                technique = cls(model, cfg, spec_for(model), role=role, pipeline=pipeline)
+                technique = cls(model, cfg, family_for(model), role=role, pipeline=pipeline)
                 technique.attach()
-                _stack(model)[cls.name] = technique
+                registry.record(model, technique)
                 attached.append((model, technique))
         except Exception:
             for model, technique in reversed(attached):
                 technique.detach()
-                _stack(model).pop(technique.name, None)
+                registry.forget(model, technique)
             raise
     if pipeline is not None and configs_list:
-        from .pipelines.base import accelerate_pipeline_class
-
         accelerate_pipeline_class(pipeline)
     return target
 
@@ -101,8 +90,8 @@ def remove(target, *config_types: type):
             raise ValueError(f"remove() takes config types such as vidaccel.CacheConfig, got {cls!r}")
     names = {technique_for_type(cls).name for cls in config_types}
     for _, model in pipeline_transformers(target):
-        stack = _stack(model)
-        order = list(stack.values())
+        table = registry.attached(model)
+        order = list(table.values())
         doomed = [t for t in order if not names or t.name in names]
         if not doomed:
             continue
@@ -110,50 +99,11 @@ def remove(target, *config_types: type):
         for t in reversed(order[first:]):
             t.detach()
         for t in order[first:]:
-            del stack[t.name]
+            del table[t.name]
         for t in order[first:]:
             if t not in doomed:
                 t.attach()
-                stack[t.name] = t
-    if _is_pipeline(target) and not any(_stack(m) for _, m in pipeline_transformers(target)):
-        from .pipelines.base import restore_pipeline_class
-
+                table[t.name] = t
+    if _is_pipeline(target) and not any(registry.attached(m) for _, m in pipeline_transformers(target)):
         restore_pipeline_class(target)
     return target
-
-
-def applied(target) -> list[str]:
-    """Names of the techniques applied to ``target`` (to any of its transformers), in order."""
-    names: list[str] = []
-    for _, model in pipeline_transformers(target):
-        names.extend(n for n in _stack(model) if n not in names)
-    return names
-
-
-def _techniques(target):
-    for role, model in pipeline_transformers(target):
-        for technique in _stack(model).values():
-            yield role, technique
-
-
-def reset(target) -> None:
-    """Reset the per-call state of every technique (pipelines do this at the start of each call)."""
-    for _, technique in _techniques(target):
-        technique.reset()
-
-
-def finish_run(target) -> None:
-    """Tell every technique a pipeline call ended (pipelines do this; call it after a manual loop)."""
-    for _, technique in _techniques(target):
-        technique.finish_run()
-
-
-def stats(target) -> dict:
-    """Counters of the last call: ``{technique name: {role: {...}}}``.
-
-    ``role`` is ``"transformer"`` (and ``"transformer_2"`` for Wan 2.2's low-noise expert).
-    """
-    out: dict[str, dict] = {}
-    for role, technique in _techniques(target):
-        out.setdefault(technique.name, {})[role] = technique.stats()
-    return out

@@ -106,7 +106,7 @@ def convert_wan_original(checkpoint: str | os.PathLike, out_dir: str | os.PathLi
     from diffusers import WanTransformer3DModel
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    from .models.causal import CausalConfig
+    from .pipelines.long_video.config import CausalConfig
 
     causal = CausalConfig(chunk_frames=chunk_frames, window_frames=window_frames, context_noise=context_noise,
                           max_sequence_length=max_sequence_length)

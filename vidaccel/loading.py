@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .presets import resolve_accel
-from .specs import pipeline_transformers
+from .accel import resolve_accel
+from .families import pipeline_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def _embedded_pipeline(dtype):
 
         path = embedded_path("shapes-t2v")
     except (ImportError, FileNotFoundError) as e:
+        from .core.pipeline_class import accelerated_class_for
         from .testing import tiny_wan_pipeline
-        from .pipelines.base import accelerated_class_for
 
         logger.warning("embedded model weights are not available (%s); using a TINY RANDOM-WEIGHT Wan model: "
                        "its videos are noise", e)
@@ -100,7 +100,7 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
         frames = pipe("a red circle moving right on a black background").frames[0]
     """
     from .api import apply
-    from .pipelines.base import accelerated_class_for
+    from .core.pipeline_class import accelerated_class_for
 
     dtype = parse_dtype(dtype)
     dev = _parse_device(device)

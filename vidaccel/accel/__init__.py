@@ -1,23 +1,36 @@
-"""One module per technique; importing this package registers each technique and its presets."""
+"""The techniques: one package each, with the same roles in every one.
 
-from .base import Technique, register_technique
+* ``config.py``: the validated ``@dataclass`` config (and the technique's presets); importing it is cheap;
+* ``technique.py``: the :class:`~vidaccel.core.technique.Technique` subclass registered for that config
+  (imported when the config is first applied);
+Importing this package registers the built-in presets, so preset names resolve through its
+:func:`resolve_accel` / :func:`available_presets` (re-exported from :mod:`vidaccel.core.presets`).
+
+* further modules where a technique has them: ``state.py`` (caching), ``selection.py`` / ``distill.py`` /
+  ``adapter.py`` (linear attention), ``modules.py`` / ``layers.py`` / ``calibration.py`` / ``checkpoint.py``
+  / ``report.py`` (quantization).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..core.presets import available_presets, preset_configs, preset_description, register_preset, resolve_accel
 from .caching import CacheConfig
-from .kv_cache import RollingKVCache
-from .linear_attention import LinearAttentionConfig, linearize
-from .quantization import QuantConfig, load_quantized, load_quantized_transformer, quant_report, save_quantized
+from .linear_attention import LinearAttentionConfig
+from .quantization import QuantConfig
 from .sliding_window import SlidingWindowConfig
 
-__all__: list[str] = [
-    "Technique",
-    "register_technique",
-    "CacheConfig",
-    "SlidingWindowConfig",
-    "QuantConfig",
-    "save_quantized",
-    "load_quantized",
-    "load_quantized_transformer",
-    "quant_report",
-    "RollingKVCache",
-    "LinearAttentionConfig",
-    "linearize",
-]
+__all__ = ["CacheConfig", "SlidingWindowConfig", "QuantConfig", "LinearAttentionConfig", "CONFIG_TYPES",
+           "load_techniques", "available_presets", "preset_configs", "preset_description", "register_preset",
+           "resolve_accel"]
+
+#: The built-in technique config types.
+CONFIG_TYPES = (CacheConfig, SlidingWindowConfig, QuantConfig, LinearAttentionConfig)
+
+
+def load_techniques() -> list[type]:
+    """Import every built-in technique (registering it) and return the config types."""
+    for config_type in CONFIG_TYPES:
+        importlib.import_module(config_type._technique_module)
+    return list(CONFIG_TYPES)

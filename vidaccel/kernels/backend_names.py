@@ -1,4 +1,5 @@
-"""Kernel backend names per op, importable without torch (configs validate against them at import-free cost).
+"""Kernel backend names (and other option names) per op, importable without torch, so configs validate
+against them without loading any kernel.
 
 Every op has ``"auto"`` (the best backend for the tensors' device), ``"triton"`` (vidaccel's kernel) and
 ``"torch"`` (plain torch: the reference every other backend is tested against, and the fallback).
@@ -8,6 +9,8 @@ Every op has ``"auto"`` (the best backend for the tensors' device), ``"triton"``
 #: tile's gathered window keys (the CPU default for sliding-tile attention).
 ATTENTION = ("auto", "triton", "flex", "gather", "torch")
 LINEAR_ATTENTION = ("auto", "triton", "torch")
+#: Linear-attention feature maps: the fixed ``elu`` (elu + 1) and ``relu``, and the learnable ``hedgehog``.
+LINEAR_ATTENTION_FEATURE_MAPS = ("elu", "relu", "hedgehog")
 #: FP8 GEMM: ``"scaled_mm"`` is ``torch._scaled_mm`` (CPU, sm89+).
 FP8 = ("auto", "scaled_mm", "triton", "torch")
 #: NVFP4 W4A16: ``"dequant"`` dequantizes the weight with a Triton kernel and runs a dense GEMM.

@@ -2,7 +2,8 @@
 
 - ``shapes-t2v``: a full ``WanPipeline`` folder (text-to-video, 128x128, 17 frames).
 - ``shapes-ar``: the same architecture trained block-causal over chunks of latent frames (diffusion
-  forcing); its causal settings are in ``causal_config.json`` (see :mod:`vidaccel.models.causal`).
+  forcing); its causal settings are in ``causal_config.json``; it runs in
+  :class:`vidaccel.pipelines.LongVideoPipeline`.
 
 Weights are stored in float16 safetensors inside the package and loaded offline; load them in
 float32 (:data:`EMBEDDED_DTYPE`) on CPU. See ``MODEL_CARD.md`` beside this file.
@@ -35,7 +36,7 @@ EMBEDDED_DTYPE_NAME = "float32"
 _COMMON_DEFAULTS = dict(height=128, width=128, guidance_scale=4.0, negative_prompt="", max_sequence_length=32)
 EMBEDDED_DEFAULTS: dict[str, dict] = {
     "shapes-t2v": dict(_COMMON_DEFAULTS, num_frames=17, num_inference_steps=25),
-    # for vidaccel.models.causal.generate_ar_recompute (num_chunks is the caller's choice)
+    # for LongVideoPipeline.from_embedded (the video length is the caller's choice)
     "shapes-ar": dict(_COMMON_DEFAULTS, num_inference_steps=20),
 }
 
@@ -54,23 +55,10 @@ def embedded_path(name: str) -> Path:
     if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
         raise FileNotFoundError(
             f"embedded model {name!r} not found at {folder}: the package was installed without its weights; "
-            "reinstall vidaccel or reproduce them with `vidaccel train-embedded` (python -m vidaccel.models.train)"
+            "reinstall vidaccel, or reproduce them from a source checkout with "
+            "`vidaccel train-embedded --out vidaccel/models/embedded`"
         )
     return folder
 
 
-def load_embedded(name: str = "shapes-t2v"):
-    """Load a shipped model offline in float32: a ``WanPipeline`` (for ``shapes-ar`` with block-causal
-    attention applied and ``pipe.causal_config`` set)."""
-    import torch
-
-    if name == "shapes-ar":
-        from vidaccel.models.causal import load_shapes_ar
-
-        return load_shapes_ar(embedded_path(name), dtype=torch.float32)
-    from diffusers import WanPipeline
-
-    return WanPipeline.from_pretrained(str(embedded_path(name)), dtype=torch.float32, local_files_only=True)
-
-
-__all__ = ["EMBEDDED_DEFAULTS", "EMBEDDED_DIR", "EMBEDDED_DTYPE_NAME", "EMBEDDED_NAMES", "embedded_path", "load_embedded"]
+__all__ = ["EMBEDDED_DEFAULTS", "EMBEDDED_DIR", "EMBEDDED_DTYPE_NAME", "EMBEDDED_NAMES", "embedded_path"]

@@ -1,68 +1,23 @@
-"""The mixin that turns a diffusers video pipeline into a vidaccel pipeline.
+"""The drop-in pipeline classes' shared base: diffusers' ``from_pretrained`` plus ``accel=`` and ``quantized=``.
 
-A vidaccel pipeline is the diffusers class with three additions:
-
-* ``from_pretrained(..., accel=...)`` applies technique configs or a preset after loading;
-* every ``__call__`` first resets the state of every applied technique (no state leaks between calls),
-  and tells the techniques when the call ended;
-* ``pipe.last_run`` records seconds per stage (text encoding, preparation, denoising, decoding), the
-  number of steps and :func:`vidaccel.stats` of the call.
-
-Stages are timed at the pipeline's own boundaries: ``encode_prompt`` and the denoising loop's
-progress bar, so no diffusers code is copied and every variant (T2V, I2V, V2V) is covered.
+Per-call bookkeeping (technique reset, ``pipe.last_run``) comes from
+:class:`vidaccel.core.pipeline_class.AcceleratedPipelineMixin`.
 """
 
 from __future__ import annotations
 
-import time
+import os
 from typing import Any
 
-import torch
-
 from .. import api
-from ..presets import resolve_accel
+from ..core.pipeline_class import AcceleratedPipelineMixin, register_accelerated_class
+from ..accel import resolve_accel
 
-__all__ = ["AcceleratedPipelineMixin", "accelerate_pipeline_class", "restore_pipeline_class"]
-
-
-def _sync(pipe) -> float:
-    device = getattr(pipe, "_execution_device", None)
-    if isinstance(device, torch.device) and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+__all__ = ["DropInPipelineMixin", "AcceleratedPipelineMixin", "register_drop_in"]
 
 
-class _TimedBar:
-    """Wraps the denoising loop's progress bar to record when the loop starts and ends."""
-
-    def __init__(self, bar, pipe):
-        self._bar = bar
-        self._pipe = pipe
-
-    def __enter__(self):
-        self._pipe._vidaccel_marks["denoise_start"] = _sync(self._pipe)
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._pipe._vidaccel_marks["denoise_end"] = _sync(self._pipe)
-        return self._bar.__exit__(*exc)
-
-    def update(self, n: int = 1):
-        self._pipe._vidaccel_marks["steps"] = self._pipe._vidaccel_marks.get("steps", 0) + n
-        return self._bar.update(n)
-
-    def __iter__(self):
-        return iter(self._bar)
-
-    def __getattr__(self, name):
-        return getattr(self._bar, name)
-
-
-class AcceleratedPipelineMixin:
-    """Mixed in front of a diffusers pipeline class (see module docstring)."""
-
-    last_run: dict | None = None
+class DropInPipelineMixin(AcceleratedPipelineMixin):
+    """Mixed in front of a diffusers pipeline class to make a drop-in vidaccel pipeline class."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, accel: Any = None, quantized=None, **kwargs):
@@ -73,8 +28,6 @@ class AcceleratedPipelineMixin:
             quantized: a folder written by :func:`vidaccel.save_quantized`; its transformers are built straight
                 from the quantized tensors (no bf16 transformer weights are ever materialised).
         """
-        import os
-
         configs = resolve_accel(accel)  # validate before the (slow) load
         if quantized is not None:
             from ..accel.quantization import load_quantized_transformer
@@ -92,93 +45,9 @@ class AcceleratedPipelineMixin:
             api.apply(pipe, *configs)
         return pipe
 
-    def encode_prompt(self, *args, **kwargs):
-        marks = getattr(self, "_vidaccel_marks", None)
-        if marks is None:
-            return super().encode_prompt(*args, **kwargs)
-        start = _sync(self)
-        try:
-            return super().encode_prompt(*args, **kwargs)
-        finally:
-            marks["text_encoding"] = marks.get("text_encoding", 0.0) + _sync(self) - start
 
-    def progress_bar(self, iterable=None, total=None):
-        bar = super().progress_bar(iterable=iterable, total=total)
-        if getattr(self, "_vidaccel_marks", None) is None or iterable is not None:
-            return bar
-        return _TimedBar(bar, self)
-
-    def __call__(self, *args, **kwargs):
-        api.reset(self)
-        self._vidaccel_marks = marks = {}
-        start = _sync(self)
-        try:
-            output = super().__call__(*args, **kwargs)
-        finally:
-            end = _sync(self)
-            self._vidaccel_marks = None
-        d0 = marks.get("denoise_start", end)
-        d1 = marks.get("denoise_end", end)
-        text = marks.get("text_encoding", 0.0)
-        api.finish_run(self)
-        self.last_run = {
-            "text_encoding_s": text,
-            "preparation_s": max(d0 - start - text, 0.0),
-            "denoising_s": d1 - d0,
-            "decoding_s": end - d1,
-            "total_s": end - start,
-            "steps": marks.get("steps", 0),
-            "techniques": api.applied(self),
-            "stats": api.stats(self),
-        }
-        return output
-
-
-# diffusers class -> its vidaccel subclass. The explicit drop-in classes register themselves here;
-# other variants get a subclass made on first use.
-_ACCELERATED: dict[type, type] = {}
-
-
-def register_accelerated_class(base: type, accelerated: type) -> None:
-    _ACCELERATED[base] = accelerated
-
-
-def accelerated_class_for(base: type) -> type:
-    if issubclass(base, AcceleratedPipelineMixin):
-        return base
-    cls = _ACCELERATED.get(base)
-    if cls is None:
-        cls = type(base.__name__, (AcceleratedPipelineMixin, base), {"__module__": __name__, "__doc__": base.__doc__})
-        _ACCELERATED[base] = cls
-    return cls
-
-
-def accelerate_pipeline_class(pipe, owner: str = "apply") -> None:
-    """Switch a plain diffusers pipeline instance to its vidaccel subclass (``isinstance`` still holds).
-
-    Each ``owner`` (``"apply"``, ``"bench"``...) holds the switch until it calls
-    :func:`restore_pipeline_class`; the original class comes back when no owner holds it any more.
-    Pipelines created as vidaccel classes are never switched.
-    """
-    base = type(pipe)
-    holds = pipe.__dict__.get("_vidaccel_class_holds")
-    if holds is None:
-        if issubclass(base, AcceleratedPipelineMixin):
-            return
-        holds = set()
-        object.__setattr__(pipe, "_vidaccel_class_holds", holds)
-        object.__setattr__(pipe, "_vidaccel_original_class", base)
-        pipe.__class__ = accelerated_class_for(base)
-    holds.add(owner)
-
-
-def restore_pipeline_class(pipe, owner: str = "apply") -> None:
-    """Release ``owner``'s hold; the last release restores the original diffusers class."""
-    holds = pipe.__dict__.get("_vidaccel_class_holds")
-    if holds is None:
-        return
-    holds.discard(owner)
-    if not holds:
-        pipe.__class__ = pipe.__dict__.pop("_vidaccel_original_class")
-        del pipe.__dict__["_vidaccel_class_holds"]
-        pipe.__dict__.pop("last_run", None)
+def register_drop_in(*classes: type) -> None:
+    """Make ``vidaccel.apply`` switch plain instances of each class's diffusers base to the drop-in class."""
+    for cls in classes:
+        base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("diffusers"))
+        register_accelerated_class(base, cls)

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import diffusers
 
-from .base import AcceleratedPipelineMixin, register_accelerated_class
+from .base import DropInPipelineMixin, register_drop_in
 
 __all__ = ["CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline"]
 
 
-class CogVideoXPipeline(AcceleratedPipelineMixin, diffusers.CogVideoXPipeline):
+class CogVideoXPipeline(DropInPipelineMixin, diffusers.CogVideoXPipeline):
     """``diffusers.CogVideoXPipeline`` with vidaccel techniques."""
 
 
-class CogVideoXImageToVideoPipeline(AcceleratedPipelineMixin, diffusers.CogVideoXImageToVideoPipeline):
+class CogVideoXImageToVideoPipeline(DropInPipelineMixin, diffusers.CogVideoXImageToVideoPipeline):
     """``diffusers.CogVideoXImageToVideoPipeline`` with vidaccel techniques."""
 
 
-class CogVideoXVideoToVideoPipeline(AcceleratedPipelineMixin, diffusers.CogVideoXVideoToVideoPipeline):
+class CogVideoXVideoToVideoPipeline(DropInPipelineMixin, diffusers.CogVideoXVideoToVideoPipeline):
     """``diffusers.CogVideoXVideoToVideoPipeline`` with vidaccel techniques."""
 
 
-for _cls in (CogVideoXPipeline, CogVideoXImageToVideoPipeline, CogVideoXVideoToVideoPipeline):
-    register_accelerated_class(_cls.__mro__[2], _cls)
+register_drop_in(CogVideoXPipeline, CogVideoXImageToVideoPipeline, CogVideoXVideoToVideoPipeline)

@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import diffusers
 
-from .base import AcceleratedPipelineMixin, register_accelerated_class
+from .base import DropInPipelineMixin, register_drop_in
 
 __all__ = ["WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline"]
 
 
-class WanPipeline(AcceleratedPipelineMixin, diffusers.WanPipeline):
+class WanPipeline(DropInPipelineMixin, diffusers.WanPipeline):
     """``diffusers.WanPipeline`` (Wan 2.1 and Wan 2.2 with ``transformer_2``) with vidaccel techniques."""
 
 
-class WanImageToVideoPipeline(AcceleratedPipelineMixin, diffusers.WanImageToVideoPipeline):
+class WanImageToVideoPipeline(DropInPipelineMixin, diffusers.WanImageToVideoPipeline):
     """``diffusers.WanImageToVideoPipeline`` with vidaccel techniques."""
 
 
-class WanVideoToVideoPipeline(AcceleratedPipelineMixin, diffusers.WanVideoToVideoPipeline):
+class WanVideoToVideoPipeline(DropInPipelineMixin, diffusers.WanVideoToVideoPipeline):
     """``diffusers.WanVideoToVideoPipeline`` with vidaccel techniques."""
 
 
-class WanVACEPipeline(AcceleratedPipelineMixin, diffusers.WanVACEPipeline):
+class WanVACEPipeline(DropInPipelineMixin, diffusers.WanVACEPipeline):
     """``diffusers.WanVACEPipeline`` with vidaccel techniques."""
 
 
-for _cls in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline):
-    register_accelerated_class(_cls.__mro__[2], _cls)
+register_drop_in(WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline)

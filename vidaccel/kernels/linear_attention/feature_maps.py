@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .naive import FIXED_FEATURE_MAPS
+from .. import backend_names
 
 __all__ = ["HedgehogFeatureMap", "FEATURE_MAP_NAMES", "feature_dim"]
 
 #: Names accepted by :class:`vidaccel.LinearAttentionConfig` (``feature_map=``).
-FEATURE_MAP_NAMES = tuple(FIXED_FEATURE_MAPS) + ("hedgehog",)
+FEATURE_MAP_NAMES = backend_names.LINEAR_ATTENTION_FEATURE_MAPS
 
 
 def feature_dim(name: str, head_dim: int) -> int:

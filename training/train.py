@@ -1,7 +1,8 @@
 """Train the embedded ``shapes-t2v`` and ``shapes-ar`` models from scratch on CPU.
 
-One command reproduces the shipped weights (``vidaccel train-embedded`` or
-``python -m vidaccel.models.train``). Stages, each resumable from checkpoints in the work dir
+One command reproduces the shipped weights (``vidaccel train-embedded --out vidaccel/models/embedded`` or
+``python -m training.train --out vidaccel/models/embedded``, from a source checkout; without ``--out`` the
+models go to ``./embedded_models``, never into the installed package). Stages, each resumable from checkpoints in the work dir
 (default ``~/.cache/vidaccel/train``):
 
 1. ``vae``      -- train a small ``AutoencoderKLWan`` (2x2 patchify + two 2x stages: 8x spatial,
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vidaccel.models import shapes
-from vidaccel.models.causal import CausalConfig, apply_block_causal, remove_block_causal
+from vidaccel.pipelines.long_video import CausalConfig, apply_block_causal, remove_block_causal
 from vidaccel.models.shapes import (
     HELDOUT_SEED_BASE,
     plan_scene,
@@ -65,7 +66,7 @@ class TrainConfig:
     """Everything that determines the embedded models. Budgets are wall-clock minutes per stage."""
 
     workdir: str = str(Path.home() / ".cache" / "vidaccel" / "train")
-    out_dir: str = str(Path(__file__).resolve().parent / "embedded")
+    out_dir: str = "embedded_models"
     seed: int = 0
     threads: int = 2
     height: int = 128
@@ -836,8 +837,6 @@ class Trainer:
         # without a dtype (transformers keeps the stored dtype) still gives float32 embeddings
         pipe.transformer.to(torch.float16)
         pipe.vae.to(torch.float16)
-        if dest.exists():
-            shutil.rmtree(dest)
         pipe.save_pretrained(dest, safe_serialization=True)
 
     def stage_export(self):
@@ -846,20 +845,52 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         for name, stage in (("shapes-t2v", "t2v"), ("shapes-ar", "ar")):
             dest = out / name
-            self.export_pipeline(stage, dest)
+            # written beside the target and swapped in whole: a failed export leaves the previous models intact
+            staging = out / f".{name}.partial"
+            if staging.exists():
+                shutil.rmtree(staging)
+            self.export_pipeline(stage, staging)
             if name == "shapes-ar":
                 CausalConfig(
                     chunk_frames=self.cfg.chunk_frames,
                     window_frames=self.cfg.window_frames,
                     max_sequence_length=self.cfg.max_sequence_length,
-                ).save(dest)
-            (dest / "training_info.json").write_text(
+                ).save(staging)
+            (staging / "training_info.json").write_text(
                 json.dumps({"timings_s": self.timings, "info": self.info, "config": asdict(self.cfg),
                             "world": {"half_size_range": list(shapes.HALF_SIZE_RANGE)}}, indent=2, default=str)
             )
+            _swap_in(staging, dest)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         logger.info("exported to %s (%.1f MB)", out, size / 1e6)
         self._mark_done("export", time.time() - t0, bytes=size)
+
+
+def _swap_in(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` by the complete folder ``staging`` (the old one is removed only once the new one is in)."""
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def resolve_out_dir(out_dir: str | Path | None) -> Path:
+    """Where the models go: ``out_dir`` as given, else ``./embedded_models``; an implicit default that would land
+    inside the installed ``vidaccel`` package is refused (its shipped weights are only replaced on request)."""
+    import vidaccel
+
+    if out_dir is not None:
+        return Path(out_dir)
+    default = Path(TrainConfig.out_dir).resolve()
+    package = Path(vidaccel.__file__).resolve().parent
+    if default == package or package in default.parents:
+        raise ValueError(f"the default output folder {default} is inside the vidaccel package; give the output "
+                         "folder explicitly (--out) to write there")
+    return default
 
 
 def train_embedded(
@@ -874,8 +905,8 @@ def train_embedded(
     """Train both embedded models end to end and export them to ``out_dir``.
 
     Args:
-        out_dir: where ``shapes-t2v/`` and ``shapes-ar/`` are written (default: the package's
-            ``vidaccel/models/embedded``).
+        out_dir: where ``shapes-t2v/`` and ``shapes-ar/`` are written (default: ``./embedded_models``; pass
+            ``vidaccel/models/embedded`` explicitly to replace the shipped weights).
         resume: continue from the checkpoints in ``workdir`` (else start over).
         minutes: per-stage wall-clock budgets, e.g. ``{"vae": 9, "t2v": 30, "ar": 16}``.
         stages: subset of :data:`STAGES` to run (earlier stages must be done).
@@ -885,8 +916,7 @@ def train_embedded(
         ``out_dir``.
     """
     kw = dict(overrides)
-    if out_dir is not None:
-        kw["out_dir"] = str(out_dir)
+    kw["out_dir"] = str(resolve_out_dir(out_dir))
     if workdir is not None:
         kw["workdir"] = str(workdir)
     cfg = TrainConfig(**kw)
@@ -931,7 +961,8 @@ def config_value(field: str, text: str):
 def main(argv: list[str] | None = None) -> int:
     """``vidaccel train-embedded``: reproduce the shipped embedded models on CPU."""
     ap = argparse.ArgumentParser(prog="vidaccel train-embedded", description=main.__doc__)
-    ap.add_argument("--out", default=None, help="output folder (default: the package's models/embedded)")
+    ap.add_argument("--out", default=None, help="output folder (default: ./embedded_models; the shipped weights "
+                    "are replaced only with --out vidaccel/models/embedded)")
     ap.add_argument("--workdir", default=None, help="checkpoints and caches (default: ~/.cache/vidaccel/train)")
     ap.add_argument("--no-resume", action="store_true", help="delete the work dir and start over")
     ap.add_argument("--minutes", action="append", default=[], metavar="STAGE=MIN",
@@ -944,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # the stage log (budgets, resumes, per-100-step losses) even where the caller configured logging first:
     # ``vidaccel train-embedded`` sets WARNING for its pass-through subcommands
-    logging.getLogger("vidaccel.models").setLevel(logging.INFO)
+    logging.getLogger("training").setLevel(logging.INFO)
     minutes = {}
     for m in args.minutes:
         k, _, v = m.partition("=")

@@ -1,6 +1,6 @@
 """Measure the embedded models against the bars of the shapes world.
 
-``python -m vidaccel.models.evaluate`` prints a table and writes ``benchmarks/results/embedded.md``
+``python -m training.evaluate`` prints a table and writes ``benchmarks/results/embedded.md``
 and ``benchmarks/results/embedded.json``:
 
 - ground-truth ceiling: :func:`vidaccel.eval.shapes_score` of rendered videos for the 24 held-out
@@ -31,9 +31,9 @@ import torch
 
 from vidaccel.eval import ASPECTS, mean_scores, shapes_score, shapes_score_segments
 from vidaccel.models import EMBEDDED_DEFAULTS, EMBEDDED_DIR
-from vidaccel.models.causal import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar
+from training.ar_reference import chunk_pixel_bounds, generate_ar_recompute, load_shapes_ar
 from vidaccel.models.shapes import SHAPES, heldout_prompts, parse_prompt, render_video
-from vidaccel.models.train import _video_tensor
+from training.train import _video_tensor
 
 logger = logging.getLogger(__name__)
 #: ``heldout_prompts(seed=...)`` of each split; "heldout" is the reported one.
@@ -125,7 +125,7 @@ def split_prompts(split: str, n: int = 24) -> list[tuple[str, int]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vidaccel.models.evaluate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=str(EMBEDDED_DIR), help="folder holding shapes-t2v/ and shapes-ar/")
     ap.add_argument("--n", type=int, default=24, help="held-out prompts for shapes-t2v")
     ap.add_argument("--split", choices=list(SPLITS), default="heldout",
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Embedded shapes models: adherence ({_dt.date.today().isoformat()})",
         "",
-        f"Command: `python -m vidaccel.models.evaluate{' ' + ' '.join(argv) if argv else ''}`; "
+        f"Command: `python -m training.evaluate{' ' + ' '.join(argv) if argv else ''}`; "
         f"machine: {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads.",
         "",
         f"shapes-t2v settings: {json.dumps({**EMBEDDED_DEFAULTS['shapes-t2v'], **over})}",

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from torch import nn
 
-from ..specs import ModelSpec
+from ..families import ModelFamily
 
 __all__ = ["ProcessorWrapper", "wrap_processor", "ProcessorSwap"]
 
@@ -67,14 +67,14 @@ class ProcessorSwap:
     """Replaces the self-attention processors of chosen layers and restores the originals exactly.
 
     Args:
-        spec: the model family's spec.
+        family: the model family.
         model: the transformer.
         make: ``make(original_processor, layer_index) -> new processor``.
         layers: indices of the blocks to change (all when ``None``).
     """
 
-    def __init__(self, spec: ModelSpec, model: nn.Module, make: Callable, layers: Iterable[int] | None = None):
-        self.spec = spec
+    def __init__(self, family: ModelFamily, model: nn.Module, make: Callable, layers: Iterable[int] | None = None):
+        self.family = family
         self.model = model
         self.make = make
         self.layers = None if layers is None else sorted(set(layers))
@@ -82,7 +82,7 @@ class ProcessorSwap:
         self.installed: dict[int, object] = {}
 
     def attach(self) -> None:
-        for i, attn in self.spec.self_attentions(self.model):
+        for i, attn in self.family.self_attentions(self.model):
             if self.layers is not None and i not in self.layers:
                 continue
             self.originals[i] = attn.processor
@@ -90,8 +90,8 @@ class ProcessorSwap:
             attn.set_processor(self.installed[i])
 
     def detach(self) -> None:
-        blocks = self.spec.blocks(self.model)
+        blocks = self.family.blocks(self.model)
         for i, original in self.originals.items():
-            getattr(blocks[i], self.spec.self_attn_attr).set_processor(original)
+            getattr(blocks[i], self.family.self_attn_attr).set_processor(original)
         self.originals.clear()
         self.installed.clear()

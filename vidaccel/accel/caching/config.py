@@ -1,0 +1,115 @@
+"""``CacheConfig`` and the caching presets (see :mod:`vidaccel.accel.caching` for the policies)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...core.presets import register_preset
+
+__all__ = ["CacheConfig", "POLICIES"]
+
+POLICIES = ("block", "step", "profiled", "call")
+
+
+@dataclass
+class CacheConfig:
+    """Feature caching (see the module docstring for the policies).
+
+    Args:
+        threshold: skip budget, a relative L1 change; larger is faster. ``0.0`` never skips (bit-identical
+            to no cache). For ``"call"`` the tolerated output error per skipped stretch (see the module
+            docstring).
+        policy: ``"block"``, ``"step"``, ``"profiled"`` or ``"call"``.
+        forecast_order: 0 reuses a skipped residual as is; 1 or 2 forecasts it (Taylor in the step index).
+        compute_front: blocks always computed before the skippable ones (default: 1 for ``"block"`` and
+            ``"profiled"``, 0 for ``"step"``; ``"call"`` skips whole calls and takes no blocks).
+        compute_back: blocks always computed after the skippable ones (default 0).
+        warmup_steps: first calls of every CFG branch / expert that always compute (≥ 2 for ``"step"``
+            and ``"profiled"``, which learn from them).
+        max_consecutive_skips: cap on skipped calls in a row (≥ 1; ``"call"`` uses ``interval``).
+        final_steps: last denoising steps that always compute.
+        cache_ratio: ``"profiled"`` only: fraction of the skippable blocks that are cached.
+        cfg_interval: 0 (off) or ≥ 2: sequential-CFG models only (Wan); the unconditional branch computes
+            its skippable blocks every ``cfg_interval``-th call and otherwise reuses the conditional
+            branch's residual plus the last measured difference. ``"block"`` and ``"step"`` only.
+        interval: ``"call"`` only: the longest gap between computed calls, i.e. at most ``interval − 1``
+            skipped calls in a row (≥ 1; 1 never skips).
+        num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
+            final-step guard knows where the end is.
+    """
+
+    threshold: float = 0.1
+    policy: str = "block"
+    forecast_order: int = 0
+    compute_front: int | None = None
+    compute_back: int = 0
+    warmup_steps: int = 2
+    max_consecutive_skips: int = 3
+    final_steps: int = 1
+    cache_ratio: float = 0.5
+    cfg_interval: int = 0
+    interval: int = 4
+    num_inference_steps: int | None = None
+
+    _technique_module: ClassVar[str] = "vidaccel.accel.caching.technique"
+
+    def __post_init__(self):
+        if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
+            raise ValueError(f"CacheConfig.threshold={self.threshold!r} is not allowed: it must be a number >= 0")
+        if self.policy not in POLICIES:
+            raise ValueError(f"CacheConfig.policy={self.policy!r} is not allowed; choose one of {', '.join(POLICIES)}")
+        if self.forecast_order not in (0, 1, 2):
+            raise ValueError(f"CacheConfig.forecast_order={self.forecast_order!r} is not allowed: use 0, 1 or 2")
+        if self.compute_front is None:
+            self.compute_front = 0 if self.policy in ("step", "call") else 1
+        for name in ("compute_front", "compute_back", "warmup_steps", "final_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"CacheConfig.{name}={value!r} is not allowed: it must be an integer >= 0")
+        if self.policy == "call" and (self.compute_front or self.compute_back):
+            field_ = "compute_front" if self.compute_front else "compute_back"
+            raise ValueError(f"CacheConfig.{field_}={getattr(self, field_)} is not allowed with policy='call': "
+                             "it skips whole transformer calls, so no block is computed apart; leave it at 0")
+        if self.policy == "call" and self.warmup_steps < self.forecast_order + 2:
+            raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy='call' and "
+                             f"forecast_order={self.forecast_order}: the error rate is first measured on call "
+                             f"{self.forecast_order + 2}, so it needs >= {self.forecast_order + 2}")
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"CacheConfig.interval={self.interval!r} is not allowed: it must be an integer >= 1")
+        if self.policy in ("block", "profiled") and self.compute_front < 1:
+            raise ValueError(f"CacheConfig.compute_front={self.compute_front} is not allowed with "
+                             f"policy={self.policy!r}: its indicator needs at least 1 front block")
+        if self.policy in ("step", "profiled") and self.warmup_steps < 2:
+            raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy="
+                             f"{self.policy!r}: it learns from the warm-up calls, so it needs >= 2")
+        if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 1:
+            raise ValueError(f"CacheConfig.max_consecutive_skips={self.max_consecutive_skips!r} is not allowed: "
+                             "it must be an integer >= 1")
+        if not 0.0 < self.cache_ratio <= 1.0:
+            raise ValueError(f"CacheConfig.cache_ratio={self.cache_ratio!r} is not allowed: it must be in (0, 1]")
+        if not isinstance(self.cfg_interval, int) or self.cfg_interval < 0 or self.cfg_interval == 1:
+            raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval!r} is not allowed: use 0 (off) or an "
+                             "integer >= 2")
+        if self.cfg_interval and self.policy in ("profiled", "call"):
+            raise ValueError(f"CacheConfig.cfg_interval is not allowed with policy={self.policy!r} (it reuses the "
+                             "skippable span's residual); use policy='block' or 'step'")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"CacheConfig.num_inference_steps={self.num_inference_steps!r} is not allowed: >= 1")
+
+
+# -- presets -------------------------------------------------------------------------------------------
+# Chosen from benchmarks/caching.py on the embedded shapes-t2v model (25 steps, 6 prompts, 2026-11-21, see
+# benchmarks/RESULTS.md): whole-call caching on a fixed schedule was the fastest policy at every PSNR level.
+# quality 1.74x at 41.2 dB, balanced 2.39x at 37.0 dB, fast 3.31x at 30.6 dB (denoising speed-up, PSNR; 21:11 run).
+def _call_schedule(interval: int) -> CacheConfig:
+    return CacheConfig(threshold=math.inf, policy="call", interval=interval, warmup_steps=3, final_steps=0)
+
+
+register_preset("quality", lambda: [_call_schedule(2)],
+                "feature caching, conservative (whole-call reuse on every 2nd call after 3 warm-up calls)")
+register_preset("balanced", lambda: [_call_schedule(3)],
+                "feature caching, balanced (whole-call reuse, 1 call in 3 computed after 3 warm-up calls)")
+register_preset("fast", lambda: [_call_schedule(5)],
+                "feature caching, aggressive (whole-call reuse, 1 call in 5 computed after 3 warm-up calls)")

@@ -1,0 +1,164 @@
+"""The quantization technique: swaps a transformer's ``nn.Linear`` layers and puts the originals back on remove."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from torch import nn
+
+from ...core.technique import Technique, register_technique
+from .calibration import Calibrator, plan_from_volatility
+from .config import QuantConfig
+from .layers import layer_formats, plain_linears, quantize_linears, set_child, skip_reason, weight_bytes
+from .modules import Fp8Linear, QuantLinear, SqnrProbe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantTechnique"]
+
+
+@register_technique(QuantConfig)
+class QuantTechnique(Technique):
+    """Swaps ``nn.Linear`` children for :class:`Fp8Linear` / :class:`NVFP4Linear` (see module docstring)."""
+
+    name = "quant"
+
+    @classmethod
+    def noop_config(cls) -> QuantConfig:
+        # every layer kept in high precision: nothing is swapped
+        return QuantConfig(skip=[""])
+
+    @classmethod
+    def example_config(cls) -> QuantConfig:
+        return QuantConfig(format="fp8")
+
+    def attach(self) -> None:
+        self.loaded = getattr(self, "loaded", False)
+        self.originals: dict[str, nn.Linear] = {}
+        self.quantized: dict[str, QuantLinear] = {}
+        self.formats: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.volatility: dict[str, float] | None = None
+        self.calibrator: Calibrator | None = None
+        self.probe = SqnrProbe(self.config.sqnr_tokens)
+        self.calls = 0
+        self.handles = []
+        # a plan given in the config, else the one calibrated earlier (re-attach after vidaccel.remove of a
+        # technique applied before this one must not calibrate again)
+        plan = self.config.plan_for(self.role) or getattr(self, "calibrated_plan", None)
+        if self.config.format == "mixed" and plan is None:
+            _, self.skipped = layer_formats(self.model, self.config, None)
+            names = [n for n, _ in plain_linears(self.model) if n not in self.skipped]
+            self.calibrator = Calibrator(self.model, names)
+            self.calibrator.attach()
+            logger.info("quant(mixed): the next pipeline call on %s calibrates in full precision", self.role)
+        else:
+            self._quantize(plan)
+        self._hook_model()
+
+    def attach_loaded(self, quantized: dict[str, QuantLinear], layers: dict[str, str]) -> None:
+        """Adopt modules built by :func:`load_quantized` (no originals: not removable, SQNR unavailable)."""
+        self.originals, self.quantized, self.formats = {}, dict(quantized), dict(layers)
+        patterns = self.config.skip_patterns(self.family)
+        names = [n for n, m in self.model.named_modules() if type(m) is nn.Linear or isinstance(m, QuantLinear)]
+        self.skipped = {n: r for n in names if (r := skip_reason(n, patterns)) is not None}
+        self.volatility, self.calibrator = None, None
+        self.probe = SqnrProbe(self.config.sqnr_tokens)
+        self.calls = 0
+        for m in quantized.values():
+            m.probe = self.probe  # no originals: SQNR cannot be measured, layers report None
+        self._hook_model()
+
+    def _hook_model(self):
+        def pre(module, args):
+            self.probe.active = (self.config.measure_sqnr == "first_call" and self.calls == 0 and bool(self.quantized))
+
+        def post(module, args, output):
+            self.probe.active = False
+            self.calls += 1
+
+        self.handles = [self.model.register_forward_pre_hook(pre), self.model.register_forward_hook(post)]
+
+    def _quantize(self, plan: dict[str, str] | None) -> None:
+        self.formats, self.skipped = layer_formats(self.model, self.config, plan)
+        self.quantized = quantize_linears(self.model, self.config, self.formats)
+        for name, qmodule in self.quantized.items():
+            self.originals[name] = qmodule.original
+            qmodule.probe = self.probe
+        if self.config.keep_original == "cpu":
+            for linear in self.originals.values():
+                linear.to("cpu")
+
+    def detach(self) -> None:
+        if self.loaded:
+            raise RuntimeError(f"the {self.role} was built by load_quantized: its original weights are not in memory, "
+                               "so quantization cannot be removed; load the unquantized model with from_pretrained")
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        if self.calibrator is not None:
+            self.calibrator.detach()
+            self.calibrator = None
+        for name, linear in self.originals.items():
+            qmodule = self.quantized[name]
+            ref = qmodule.weight_fp8 if isinstance(qmodule, Fp8Linear) else qmodule.weight_packed
+            if linear.weight.device != ref.device:
+                linear.to(ref.device)
+            qmodule.set_original(None)
+            set_child(self.model, name, linear)
+        self.originals.clear()
+        self.quantized.clear()
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.probe.reset()
+
+    def finish_run(self) -> None:
+        if self.calibrator is None:
+            return
+        self.volatility = self.calibrator.volatility()
+        steps = self.calibrator.steps
+        self.calibrator.detach()
+        self.calibrator = None
+        if steps < 2:
+            logger.warning("quant(mixed): calibration on %s saw %d step(s); volatility needs >= 2, so every layer "
+                           "gets NVFP4 except the first mixed_fp8_fraction in name order", self.role, steps)
+        plan = plan_from_volatility(self.volatility, self.config.mixed_fp8_fraction)
+        self.calibrated_plan = plan
+        self._quantize(plan)
+        counts = {f: sum(v == f for v in plan.values()) for f in ("fp8", "nvfp4")}
+        logger.info("quant(mixed) %s: calibrated on %d steps: %s", self.role, steps, counts)
+
+    def stats(self) -> dict:
+        state = "calibrating" if self.calibrator is not None else "quantized"
+        counts = {"fp8": 0, "nvfp4": 0, "fp8-weight": 0, "skipped": 0}
+        for fmt in self.formats.values():
+            counts[fmt] += 1
+        counts["skipped"] = sum(1 for n in self.skipped if n not in self.formats)
+        sqnr = self.probe.sqnr()
+        layers = {n: {"format": f, "sqnr_db": sqnr.get(n)} for n, f in self.formats.items()}
+        finite = [v for v in sqnr.values() if v is not None and math.isfinite(v)]
+        out = {
+            "format": self.config.format, "state": state, "loaded": self.loaded, "counts": counts,
+            "layers": layers, "skipped": dict(self.skipped),
+            "sqnr_db_mean": (sum(finite) / len(finite)) if finite else None,
+            "sqnr_db_min": min(finite) if finite else None,
+        }
+        if self.quantized:
+            out.update({k: v for k, v in weight_bytes(self.model).items()})
+        by_fmt: dict[str, list[float]] = {}
+        for n, f in self.formats.items():
+            if sqnr.get(n) is not None and math.isfinite(sqnr[n]):
+                by_fmt.setdefault(f, []).append(sqnr[n])
+        out["sqnr_db_mean_by_format"] = {f: sum(v) / len(v) for f, v in by_fmt.items()}
+        if self.config.format == "mixed":
+            out["plan"] = {n: f for n, f in self.formats.items() if f in ("fp8", "nvfp4")}
+            out["volatility"] = self.volatility
+            total = sum(self.model.get_submodule(n).in_features * self.model.get_submodule(n).out_features
+                        for n in out["plan"]) or 1
+            fp8 = sum(self.model.get_submodule(n).in_features * self.model.get_submodule(n).out_features
+                      for n, f in out["plan"].items() if f == "fp8")
+            out["fp8_weight_share"] = fp8 / total
+        return out
+

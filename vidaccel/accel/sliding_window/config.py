@@ -1,0 +1,77 @@
+"""``SlidingWindowConfig`` (see :mod:`vidaccel.accel.sliding_window`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ...kernels import backend_names
+
+__all__ = ["SlidingWindowConfig"]
+
+BACKENDS = backend_names.ATTENTION
+
+
+def _triple(name: str, value, optional: bool = False):
+    if value is None and optional:
+        return None
+    ok = isinstance(value, (tuple, list)) and len(value) == 3 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value)
+    if not ok:
+        raise ValueError(f"SlidingWindowConfig.{name}={value!r} is not allowed: it must be three integers "
+                         f"(t, h, w) in tokens, each >= 1")
+    return tuple(value)
+
+
+@dataclass
+class SlidingWindowConfig:
+    """Sliding-tile self-attention.
+
+    Args:
+        window: ``(wt, wh, ww)`` window in tokens of the token grid (after patching), rounded up to whole
+            tiles. A window ≥ the grid computes dense attention (a warning says so). ``None`` only with
+            ``train_grid`` (then the window is the training grid).
+        tile: ``(tt, th, tw)`` tokens per tile (default ``(4, 8, 8)`` clipped to the grid). Tiles are the
+            unit kept or skipped; smaller tiles follow the window more closely, larger ones run faster.
+        dense_steps: the first denoising steps that keep dense attention.
+        dense_layers: block indices whose self-attention stays dense.
+        backend: kernel backend, one of ``"auto"``, ``"triton"``, ``"flex"``, ``"gather"``, ``"torch"``.
+        train_grid: FreeSwim mode: the token grid of the model's training size ``(T, H, W)``.
+        cross_attn_every: FreeSwim mode: recompute the dense branch's cross-attention outputs every this
+            many steps (0: no dense branch). Needs a model with cross-attention (Wan).
+    """
+
+    window: tuple[int, int, int] | None = None
+    tile: tuple[int, int, int] | None = None
+    dense_steps: int = 0
+    dense_layers: tuple[int, ...] = field(default_factory=tuple)
+    backend: str = "auto"
+    train_grid: tuple[int, int, int] | None = None
+    cross_attn_every: int = 0
+
+    _technique_module: ClassVar[str] = "vidaccel.accel.sliding_window.technique"
+
+    def __post_init__(self):
+        self.train_grid = _triple("train_grid", self.train_grid, optional=True)
+        if self.window is None:
+            if self.train_grid is None:
+                raise ValueError("SlidingWindowConfig.window=None is only allowed with train_grid (FreeSwim mode); "
+                                 "give window=(wt, wh, ww) in tokens")
+            self.window = self.train_grid
+        self.window = _triple("window", self.window)
+        self.tile = _triple("tile", self.tile, optional=True)
+        for name in ("dense_steps", "cross_attn_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"SlidingWindowConfig.{name}={value!r} is not allowed: it must be an int >= 0")
+        try:
+            layers = tuple(self.dense_layers)
+        except TypeError:
+            layers = None
+        if layers is None or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+            raise ValueError(f"SlidingWindowConfig.dense_layers={self.dense_layers!r} is not allowed: it must be a "
+                             f"list of block indices >= 0")
+        self.dense_layers = tuple(sorted(set(layers)))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"SlidingWindowConfig.backend={self.backend!r} is not allowed; allowed: "
+                             f"{', '.join(BACKENDS)}")

@@ -1,0 +1,63 @@
+"""The ``vidaccel`` command line: one parser tree, one error type, one exit-code convention.
+
+Subcommands, one module each: ``generate``, ``bench``, ``long``, ``convert``, ``linearize``, ``info`` and
+``train-embedded`` (the last runs the source checkout's ``training/``). Every module has ``add_parser(sub)``
+and ``run(args)``; building the parser imports nothing heavy, so ``vidaccel -h`` and argument errors are fast.
+
+Exit codes: 0 success; 2 a user error (one line on stderr naming the value and what is allowed, no traceback,
+before any model is loaded); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+from . import bench, convert, generate, info, linearize, long, train
+from .common import CliError, Parser
+
+__all__ = ["main", "build_parser", "CliError"]
+
+_COMMANDS = (generate, info, bench, long, convert, linearize, train)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="vidaccel", description="Fast Wan / CogVideoX video generation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    for command in _COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] == "train-embedded":  # parsed by the training module itself
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return train.run_passthrough(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    start = time.perf_counter()
+    code = args.func(args)
+    logging.getLogger(__name__).info("done in %.1fs", time.perf_counter() - start)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # transformers' import-time notices (e.g. about torchvision) are noise on a command line.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

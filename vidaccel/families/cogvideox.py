@@ -1,0 +1,78 @@
+"""CogVideoX 1.0 / 1.5 (``CogVideoXTransformer3DModel``): the only module that knows CogVideoX's internals.
+
+Blocks are ``model.transformer_blocks``; there is no cross-attention: the text tokens lead the
+self-attention sequence (``attn1`` sees ``[text; video]``, both updated by every block), and RoPE (5B, 1.5)
+rotates only the video tokens. CFG runs as one batched call in the ``cond_uncond`` cache context. The latent
+is ``[B, F, C, H, W]``; 1.5 patches time too (``patch_size_t=2``) and its pipeline pads latent frames to a
+multiple of it. Videos are made for 8 fps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import FragileLayer, ModelFamily, Rotary, SelfAttentionInputs
+
+__all__ = ["COGVIDEOX", "CogVideoXFamily"]
+
+
+class CogVideoXFamily(ModelFamily):
+    def patch_size(self, model: nn.Module) -> tuple[int, int, int]:
+        cfg = model.config
+        return (cfg.patch_size_t or 1, cfg.patch_size, cfg.patch_size)
+
+    def self_attention_inputs(self, attn: nn.Module, call: dict[str, Any]) -> SelfAttentionInputs | None:
+        encoder_hidden_states = call.get("encoder_hidden_states")
+        if encoder_hidden_states is None or attn.is_cross_attention:
+            return None
+        hidden_states = call["hidden_states"]
+        text_len = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        batch = x.shape[0]
+        query, key, value = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        head_dim = key.shape[-1] // attn.heads
+        query, key, value = (t.view(batch, -1, attn.heads, head_dim) for t in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        rotary = None
+        image_rotary_emb = call.get("image_rotary_emb")
+        if image_rotary_emb is not None:  # [S, D] tables for the video tokens only, as CogVideoXAttnProcessor2_0
+            cos, sin = image_rotary_emb
+            rotary = Rotary(cos[None, :, None, 0::2], sin[None, :, None, 1::2], offset=text_len)
+        return SelfAttentionInputs(query, key, value, rotary, text_len, hidden_states.dtype)
+
+    def attention_output(self, attn: nn.Module, out: torch.Tensor, inputs: SelfAttentionInputs):
+        out = out.flatten(2, 3).to(inputs.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out[:, inputs.text_len:], out[:, :inputs.text_len]
+
+    def modulated_input(self, block, hidden_states, encoder_hidden_states, temb) -> torch.Tensor:
+        return block.norm1(hidden_states, encoder_hidden_states, temb)[0]
+
+
+COGVIDEOX = CogVideoXFamily(
+    name="cogvideox",
+    model_class="CogVideoXTransformer3DModel",
+    blocks_attr="transformer_blocks",
+    self_attn_attr="attn1",
+    cross_attn_attr=None,
+    cfg_style="batched",
+    cache_contexts=("cond_uncond",),
+    block_carries=("hidden_states", "encoder_hidden_states"),
+    latent_axes=(1, 3, 4),
+    fps=8,
+    fragile_layers=(
+        FragileLayer("patch", r"(^|\.)patch_embed\.",
+                     "patch embedding (and its text projection): sees raw latents; its error reaches every block"),
+        FragileLayer("time", r"(^|\.)(time_embedding|ofs_embedding)\.",
+                     "timestep embedding / modulation: runs on one token per sample, and its error shifts every "
+                     "block's scale/shift"),
+        FragileLayer("output", r"^(proj_out|norm_out\.\w+)$",
+                     "output projection and its norm modulation: their error goes straight into the prediction"),
+    ),
+)
