@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from vidaccel.accel.caching import _rel_l1, _sub
+from vidaccel.accel.caching.state import rel_l1 as _rel_l1, sub_all as _sub
 
 
 def timeit(fn, device, repeats: int) -> float:

@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 from vidaccel.metrics import psnr

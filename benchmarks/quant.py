@@ -38,12 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vidaccel.accel.quantization import (  # noqa: E402
-    QuantConfig,
-    _linears,
-    estimate_weight_bytes,
-    weight_bytes,
-)
+from vidaccel.accel.quantization import QuantConfig, estimate_weight_bytes, weight_bytes  # noqa: E402
+from vidaccel.accel.quantization.layers import plain_linears, quantize_linears, set_child  # noqa: E402
 from vidaccel.accel import preset_configs  # noqa: E402
 
 logger = logging.getLogger("benchmarks.quant")
@@ -76,7 +72,7 @@ def section_bytes() -> dict:
     model = _meta_wan().to(torch.bfloat16)
     base = weight_bytes(model)
     rows = {"bf16": {"bytes": base["bytes"], "ratio_vs_bf16": 1.0}}
-    names = [n for n, _ in _linears(model)]
+    names = [n for n, _ in plain_linears(model)]
     for label, cfg in BYTE_CONFIGS.items():
         plan = None
         if cfg.format == "mixed":
@@ -86,8 +82,6 @@ def section_bytes() -> dict:
         rows[label] = {"bytes": est["bytes"], "ratio_vs_bf16": est["ratio_vs_bf16"]}
     # check the shape-only count against one really quantized full-size block
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-
-    from vidaccel.accel.quantization import _set_child, quantize_linears
 
     torch.manual_seed(0)
     block = WanTransformerBlock(1536, 8960, 12, qk_norm="rms_norm_across_heads", cross_attn_norm=True,
@@ -100,7 +94,7 @@ def section_bytes() -> dict:
         real = weight_bytes(block)["bytes"]
         checks[fmt] = {"estimated": est, "measured": real, "equal": est == real}
         for name, qmodule in swapped.items():  # put the bf16 layers back for the next format
-            _set_child(block, name, qmodule.original)
+            set_child(block, name, qmodule.original)
     return {"model": "Wan2.1-1.3B config (meta device, bf16)", "rows": rows, "block_check": checks,
             "bf16_bytes": base["bytes"]}
 
@@ -262,6 +256,59 @@ def _md_table(title: str, rows: dict) -> str:
     return "\n".join(lines)
 
 
+_BYTES_LABELS = {
+    "bf16": "bf16",
+    "fp8": '`QuantConfig(format="fp8")`',
+    "nvfp4": '`QuantConfig(format="nvfp4")` (fragile layers bf16)',
+    "nvfp4 + fragile in fp8": '`QuantConfig(format="nvfp4", skip_format="fp8")`',
+    "nvfp4 preset (fragile in fp8, text embedding nvfp4)":
+        "preset `nvfp4` (fragile layers FP8 weight-only, text embedding NVFP4)",
+    "mixed (25% fp8)": '`QuantConfig(format="mixed")`, 25 % of layers FP8',
+    "mixed (25% fp8) + fragile in fp8": '`QuantConfig(format="mixed", skip_format="fp8")`, 25 % of layers FP8',
+}
+_QUALITY_LABELS = {"fp8": "`fp8` (W8A8)", "fp8-w8a16": "`fp8`, W8A16", "nvfp4": '`QuantConfig(format="nvfp4")`',
+                   "nvfp4+fp8-fragile": 'nvfp4, `skip_format="fp8"`', "nvfp4-preset": "preset `nvfp4`",
+                   "nvfp4-lean": "nvfp4, time/text MLPs NVFP4 too", "mixed": "`mixed`"}
+
+
+def _record(name: str, r: dict, argv) -> None:
+    """Update this section's table in figures.json (RESULTS.md and the README are generated from it)."""
+    from figures import record
+
+    command = "python benchmarks/quant.py --only " + name
+    if name == "bytes":
+        rows = [[_BYTES_LABELS.get(k, k), f"{v['bytes']:,}", f"{v['ratio_vs_bf16']:.3f}"] for k, v in r["rows"].items()]
+        ratio = {k: f"÷{v['ratio_vs_bf16']:.2f}" for k, v in r["rows"].items()}
+        record("quant_bytes", title="FP8 / NVFP4 quantization: transformer weight bytes, Wan2.1-1.3B config",
+               command=command, columns=["config", "bytes", "÷ vs bf16"], rows=rows,
+               machine="any (shape arithmetic on the meta device)",
+               model="Wan2.1-T2V-1.3B config (30 layers, dim 1536, ffn 8960, 12 heads)",
+               notes=["NVFP4 stores 4.5 bits per weight, so a transformer of NVFP4 linears alone cannot pass ÷3.56.",
+                      f"The shape-only count equals the bytes of a really quantized full-size block: "
+                      f"{all(c['equal'] for c in r['block_check'].values())}."],
+               figures={"fp8": ratio["fp8"], "nvfp4": ratio["nvfp4"],
+                        "nvfp4_preset": ratio["nvfp4 preset (fragile in fp8, text embedding nvfp4)"]})
+    elif name == "sqnr":
+        rows = [[shape, *(f"{v:.2f} dB" for v in row.values())] for shape, row in r["rows"].items()]
+        cols = ["shape", *next(iter(r["rows"].values())).keys()]
+        record("quant_sqnr", title="FP8 / NVFP4 quantization: layer SQNR on Gaussian data", command=command,
+               columns=cols, rows=rows, model=f"Wan2.1-1.3B linear shapes, {r['tokens']} tokens")
+    elif name == "quality":
+        base = next(x for x in r["rows"] if x["name"] == "baseline")
+        rows = []
+        for x in r["rows"]:
+            if x["name"] == "baseline":
+                continue
+            rows.append([_QUALITY_LABELS.get(x["name"], x["name"]), f"{x['psnr']:.2f}", f"{x['ssim']:.4f}",
+                         f"{x['adherence']:.3f} ({x['adherence'] - base['adherence']:+.3f})"])
+        by = {x["name"]: x for x in r["rows"]}
+        record("quant_quality", title="FP8 / NVFP4 quantization: quality", command=command,
+               columns=["config", "PSNR dB", "SSIM", f"adherence (unquantized {base['adherence']:.3f})"], rows=rows,
+               model=f"embedded {r['model']}, {r['call_kwargs'].get('num_inference_steps')} steps",
+               notes=[f"Every configuration above 30 dB: {all(x['psnr'] > 30 for x in r['rows'])}."],
+               figures={"fp8": f"{by['fp8']['psnr']:.1f} dB", "nvfp4_preset": f"{by['nvfp4-preset']['psnr']:.1f} dB"})
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=None, choices=["bytes", "sqnr", "quality", "gemm", "e2e"])
@@ -269,6 +316,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps for the quality runs")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-record", dest="record", action="store_false",
+                        help="do not update benchmarks/results/figures.json (RESULTS.md's source)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -304,6 +353,8 @@ def main(argv=None) -> dict:
             md.append(_md_table(f"Wan2.1-1.3B 480p transformer forward on {r['device']}", r["rows"]))
         r["seconds"] = time.perf_counter() - start
         results[name] = r
+        if args.record:
+            _record(name, r, argv)
     text = "\n\n".join(md)
     print(text)
     with open(os.path.join(args.out, "quant.json"), "w") as f:

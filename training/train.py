@@ -86,24 +86,20 @@ class TrainConfig:
     vae_kl: float = 1e-4
     vae_noise: float = 0.05
     vae_mix: float = 1.0  # weight of the latent-linearity loss: decode(a z1 + (1-a) z2) ~ a x1 + (1-a) x2
-    # where the 17-frame stages centre their crops: "first" = the first object's first-frame position (recipe v3);
-    # "path" = the middle of its path over the clip. A normal-speed object moves 40 px in 17 frames, so a 48-px crop
-    # centred on the first frame loses it in the last frames and the decoder seldom learns them (v3: held-out colour
-    # of GT through the VAE 0.99 in frames 0-6, 0.82 in frames 13-16). Recipe v4 uses "path" in both decoder rounds
-    # (+ vae_dec_noise 0.2): on the v3 world that lifted GT colour through the VAE to 0.946, generation 0.779 -> 0.784.
-    # "path" also in vae_long (encoder retrained, so t2v/ar too) gave 0.961 / 0.777, so vae_long keeps "first"
-    # (benchmarks/RESULTS.md, 2026-11-22).
+    # where the 17-frame stages centre their crops: "first" = the first object's first-frame position; "path" = the
+    # middle of its path over the clip. A normal-speed object moves 40 px in 17 frames, so a 48-px crop centred on
+    # the first frame loses it in the last frames and the decoder seldom learns them. "path" in the decoder rounds
+    # raised the colour of ground truth through the VAE and the generation score; in vae_long it lowered generation
+    # (the measurements: vidaccel/models/MODEL_CARD.md).
     vae_long_crop_center: str = "first"
     vae_dec_crop_center: str = "path"  # both decoder rounds
-    vae_dec_noise: float = 0.2  # latent noise of the decoder rounds (the vae stages use vae_noise); v3: 0.05
-    # extra reconstruction weight of the decoder rounds on pixels at object edges (0 = recipe v3): corners and
-    # tips are a few pixels each, and the plain loss lets the decoder round them off. 8 in a third decoder round
-    # lifted ground truth through the VAE (shape 0.591 -> 0.622) but lowered generation (overall 0.784 -> 0.770,
-    # v3 world; benchmarks/results/embedded_decoder_edge.md), so it is off
+    vae_dec_noise: float = 0.2  # latent noise of the decoder rounds (the vae stages use vae_noise)
+    # extra reconstruction weight of the decoder rounds on pixels at object edges: corners and tips are a few pixels
+    # each, and the plain loss lets the decoder round them off. It sharpened ground truth through the VAE but lowered
+    # the generation score (MODEL_CARD.md), so it is off
     vae_dec_edge_weight: float = 0.0
     # whole-VAE round on 17-frame clips (5 latent frames): the causal encoder trained on 9-frame clips
-    # never sees its later latent frames, which drift (held-out colour of GT through the recipe-v2 VAE fell
-    # from 0.99 in frames 0-11 to 0.52 in frame 16; 0.82 with this stage)
+    # never sees its later latent frames, which drift without this stage
     vae_long_steps: int = 400
     vae_long_lr: float = 5e-4
     vae_long_frames: int = 17
@@ -112,7 +108,7 @@ class TrainConfig:
     vae_dec_lr: float = 5e-4
     vae_dec_frames: int = 17
     vae_dec_batch: int = 8
-    vae_dec2_steps: int = 407  # a second decoder round, nearly constant lr (lifted held-out colour 0.78 -> 0.88)
+    vae_dec2_steps: int = 407  # a second decoder round at a nearly constant lr (sharper late frames)
     vae_dec2_lr: float = 3e-4
     vae_dec2_lr_span: int = 3000  # its cosine spans this many steps, so over 407 steps the lr stays >= 0.96x
     # transformer (shared by T2V and AR)
@@ -126,24 +122,21 @@ class TrainConfig:
     t2v_steps: int = 5200
     ar_steps: int = 1000
     batch: int = 16
-    # recipe v5: 2e-3 (v4: 1e-3). On the v4 latents, t2v reached a lower loss in fewer steps (0.290 at step 4743,
-    # where the time budget stopped it, vs 0.306 at 5000) and adherence rose on both splits: held-out 0.799 -> 0.806,
-    # validation 0.815 -> 0.817 (benchmarks/RESULTS.md, 2026-11-22). The ar stage uses half of it
+    # transformer learning rate (the ar stage uses half); 2e-3 reached a lower t2v loss in fewer steps than 1e-3
     lr: float = 2e-3
     ema: float = 0.995
     cfg_dropout: float = 0.1
     long_pad_prob: float = 0.05  # fraction of batches whose text is zero-padded to 512 (robustness)
     train_shift: float = 3.0
     flow_shift: float = 3.0
-    # extra loss weight on latent positions that differ from the frame's background. 16 was tried (2026-11-22):
-    # colour 0.973 but motion 0.834 and shapes-ar broke its bar (benchmarks/results/embedded_t2v_ablation_22min.md)
+    # extra loss weight on latent positions that differ from the frame's background (16 traded motion for colour:
+    # benchmarks/results/embedded_t2v_ablation_22min.md)
     fg_weight: float = 4.0
     # per-latent-frame balance of the transformer loss. The causal VAE gives its first latent frames (one pixel frame,
-    # then the first four) less amplitude: std 0.68 / 0.90 against 1.12-1.21 for the later ones on the v4 latents, and
-    # a foreground signal of half the later frames', so at a shared sigma they are noisier, their foreground passed
-    # the fg threshold half as often, and generated frames 0-4 were the worst (shape 0.25 vs 0.40 for frames 5-16,
-    # colour of frame 0 0.89 vs 0.99). With balance p > 0 each latent index f weighs (s_ref / s_f) ** p, s_f its std
-    # over the training latents and s_ref their median, and the fg threshold scales with s_f / s_ref. 0 = recipe v4
+    # then the first four) less amplitude than the later ones, so at a shared sigma they are noisier and their
+    # foreground passes the fg threshold less often. With balance p > 0 each latent index f weighs (s_ref / s_f) ** p,
+    # s_f its std over the training latents and s_ref their median, and the fg threshold scales with s_f / s_ref
+    # (off: it moved quality between frames rather than adding any, MODEL_CARD.md)
     frame_balance: float = 0.0
     warmup: int = 50
     # AR

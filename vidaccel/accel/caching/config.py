@@ -100,9 +100,8 @@ class CacheConfig:
 
 
 # -- presets -------------------------------------------------------------------------------------------
-# Chosen from benchmarks/caching.py on the embedded shapes-t2v model (25 steps, 6 prompts, 2026-11-21, see
-# benchmarks/RESULTS.md): whole-call caching on a fixed schedule was the fastest policy at every PSNR level.
-# quality 1.74x at 41.2 dB, balanced 2.39x at 37.0 dB, fast 3.31x at 30.6 dB (denoising speed-up, PSNR; 21:11 run).
+# Whole-call caching on a fixed schedule: on the embedded model it was the fastest policy at every PSNR level of
+# the caching sweep (benchmarks/caching.py; the presets' speed-up and PSNR are in benchmarks/RESULTS.md).
 def _call_schedule(interval: int) -> CacheConfig:
     return CacheConfig(threshold=math.inf, policy="call", interval=interval, warmup_steps=3, final_steps=0)
 

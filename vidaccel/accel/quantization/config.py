@@ -112,10 +112,12 @@ class QuantConfig:
                     if fmt not in ("fp8", "nvfp4"):
                         raise ValueError(f"QuantConfig.plan[{name!r}]={fmt!r} is not allowed; allowed: 'fp8', 'nvfp4'")
 
-    def skip_patterns(self, family: ModelFamily) -> list[tuple[str, str]]:
-        """``(regex, reason)`` of the layers kept in high precision on a model of ``family``."""
+    def skip_patterns(self, family: ModelFamily | None) -> list[tuple[str, str]]:
+        """``(regex, reason)`` of the layers kept in high precision on a model of ``family`` (``None``: a module
+        that is not a supported transformer, which has no fragile layers)."""
         if self.skip is None:
-            return [(f.pattern, f.reason) for f in family.fragile_layers if f.kind not in self.quantize_fragile]
+            fragile = family.fragile_layers if family is not None else ()
+            return [(f.pattern, f.reason) for f in fragile if f.kind not in self.quantize_fragile]
         return [(p, "skipped by QuantConfig.skip") for p in self.skip]
 
     def plan_for(self, role: str) -> dict[str, str] | None:
