@@ -246,16 +246,43 @@ def main(argv=None) -> None:
     for sp in (s, q, g):
         sp.add_argument("--json", default=None)
         sp.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU is shared)")
+        sp.add_argument("--no-record", action="store_true",
+                        help="do not update benchmarks/results/figures.json (RESULTS.md's source)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.mode == "scaling" and args.heads is None:
         args.heads = 12 if args.device == "cuda" else 2
     result = {"scaling": scaling, "quality": quality, "gpu-e2e": gpu_e2e}[args.mode](args)
     result["machine"] = machine()
+    result["command"] = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=str)
         print(f"wrote {args.json}")
+    if args.mode == "quality" and not args.no_record:
+        _record_quality(result)
+
+
+def _record_quality(result: dict) -> None:
+    """Update the quality table in figures.json (RESULTS.md and the README are generated from it)."""
+    from figures import record
+
+    rows = [[r["config"], "identical" if r["psnr"] == float("inf") else f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
+             "—" if r["adherence"] is None else f"{r['adherence']:.3f}",
+             "—" if r["adherence_drop"] is None else f"{r['adherence_drop']:.3f}", f"{r['speedup']:.2f}×"]
+            for r in result["rows"]]
+    after = {r["config"]: r for r in result["rows"]}
+    quarter = after.get("25% after")
+    record("linear_attention_quality", title="Linear-attention layer swapping: quality", command=result["command"],
+           columns=["config", "PSNR dB", "SSIM", "adherence", "drop", "speed-up (CPU, 320 tokens)"], rows=rows,
+           model=f"embedded {result['model']}, {result['layers']} layers, {result['distill_steps']} distillation "
+                 f"steps, {len(result['eval_prompts'])} held-out prompts",
+           notes=[f"Distillation {d['fraction']:.0%}: layers {d['layers']}, layer error {d['layer_err_before']:.3f} "
+                  f"→ {d['layer_err_after']:.3f}" for d in result["distillation"]]
+           + ([f"Goal (25 % of layers, adherence drop <= 0.05): {'met' if quarter['adherence_drop'] <= 0.05 else 'missed'}."]
+              if quarter and quarter["adherence_drop"] is not None else []),
+           figures={"quarter": f"{quarter['psnr']:.1f} dB, adherence drop {quarter['adherence_drop']:.3f}"}
+           if quarter and quarter["adherence_drop"] is not None else None)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,14 @@ def main() -> None:
                     help="run every length in this process (peaks then include the allocator heap of earlier runs)")
     ap.add_argument("--model", default="embedded-ar", help="embedded-ar or a folder with causal_config.json")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "long_video.json"))
+    ap.add_argument("--no-record", dest="record", action="store_false",
+                    help="do not update benchmarks/results/figures.json (RESULTS.md's source)")
+    ap.add_argument("--record-only", action="store_true", help="only record the existing --out JSON in figures.json")
     args = ap.parse_args()
+    if args.record_only:
+        with open(args.out) as f:
+            record_figures(json.load(f))
+        return
     if args.gpu_shapes:
         print(json.dumps(gpu_shapes(), indent=2))
         return
@@ -218,6 +225,31 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k not in ("lengths",)}, indent=2))
+    if args.record:
+        record_figures(result)
+
+
+def record_figures(result: dict) -> None:
+    """Put the current table (from a long_video.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    rows = [[r["chunks"], r["frames"], f"{r['peak_mib']:.1f}", f"{r['last_over_first']:.3f}", f"{r['fps']:.1f}",
+             f"{r['adherence_first']:.3f} / {r['adherence_last']:.3f}"] for r in result["lengths"]]
+    growth = ", ".join(f"{k}: {v:+.1%}" for k, v in result["memory_growth_4x"].items())
+    kv = result["kv_vs_recompute"]
+    times = [r["last_over_first"] for r in result["lengths"]]
+    record("long_video", title="Rolling-KV long video", command=result["command"],
+           columns=["chunks", "frames", "peak MiB", "last / first chunk time", "FPS", "adherence first / last chunk"],
+           rows=rows, date=result["date"],
+           model="embedded shapes-ar" + (", each length in a fresh process" if result["lengths_in_fresh_processes"]
+                                          else ", one process"),
+           notes=[f"Memory per 4× chunks: {growth} (goal <= 10 %: {'met' if result['goal_memory_flat'] else 'missed'}).",
+                  f"Time of the last chunks {min(times):.2f}–{max(times):.2f}× the first (goal 0.9–1.1: "
+                  f"{'met' if result['goal_time_flat'] else 'missed'}).",
+                  f"KV cache over recompute: {kv['speedup_kv_over_recompute']:.2f}× faster, "
+                  f"{kv['psnr_kv_vs_recompute']:.1f} dB; context-attention reuse {kv['speedup_reuse_over_kv']:.2f}× "
+                  f"over KV at {kv['psnr_reuse_vs_kv']:.1f} dB."],
+           figures={"kv_speedup": f"{kv['speedup_kv_over_recompute']:.2f}×"})
 
 
 if __name__ == "__main__":
