@@ -121,12 +121,25 @@ class CompiledCase:
     compile_s: float
 
 
-def T(dtype):
+def T(dtype, shape=None):
     """A mock tensor argument of ``dtype`` whose data pointer is 0 (256-byte aligned, like a fresh CUDA
-    allocation), so the binder marks it divisible by 16 as it would a real one."""
+    allocation), so the binder marks it divisible by 16 as it would a real one. With ``shape`` it also answers
+    ``.shape`` and ``.stride(dim)`` like a contiguous tensor, so a wrapper's own argument builder can take it."""
     from triton.runtime.jit import MockTensor
 
-    return MockTensor(dtype)
+    class _Mock(MockTensor):
+        def stride(self, dim=None):
+            out, s = [], 1
+            for n in reversed(self.shape):
+                out.append(s)
+                s *= n
+            out = tuple(reversed(out))
+            return out if dim is None else out[dim]
+
+        def element_size(self):
+            return self.dtype.itemsize
+
+    return _Mock(dtype, list(shape) if shape is not None else None)
 
 
 def cuda_target_unavailable() -> str | None:
@@ -501,8 +514,8 @@ def _fmt(v) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per (case, arch): the figures of :func:`analyse` that decide whether a kernel can be fast."""
-    head = ("| case | arch | config | regs | spill B | smem KB | CTA/SM | MMA (loop) | ld.global widths | cp.async / TMA "
-            "| stages ahead (waits) | sync loads in loop | issue/tensor | MUFU/tensor | unmet |")
+    head = ("| case | arch | config | regs | spill B | smem KB | CTA/SM | MMA (loop) | ld.global widths "
+            "| cp.async / TMA | stages ahead (waits) | sync loads in loop | issue/tensor | MUFU/tensor | unmet |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if not r.get("compiles"):
