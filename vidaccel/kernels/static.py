@@ -68,7 +68,7 @@ ARCHS = (90, 100)
 #: wgmma on sm_90 and tcgen05 on sm_100, in the hot loop; ``"any"``: any tensor-core MMA, mma.sync included),
 #: ``no_byte_loads`` (True: no 8-bit-wide global load instruction), ``stages_ahead`` (int: the hot loop's tile loads
 #: are issued at least this many iterations before use), ``max_issue_tensor`` (float: static issue/tensor bound of
-#: the hot loop at most this).
+#: the hot loop at most this). Every case, whatever it expects, must fit the 227 KB of shared memory a CTA can have.
 EXPECT_KEYS = ("no_spills", "mma", "no_byte_loads", "stages_ahead", "max_issue_tensor")
 #: Dense tensor-core peak per SM per clock (FLOP), by arch and operand type. sm_90: H100 SXM (989 TFLOPS bf16 at
 #: 132 SMs × 1.83 GHz = 4096); sm_100: B200 (2× Hopper per SM for bf16 / fp8, 4× for fp4). Assumptions, not
@@ -434,6 +434,8 @@ def analyse(compiled: CompiledCase) -> dict:
     body = _sass_hot_loop(ins)
     loop_ops = Counter(_opcode(t) for t in body)
     r["loop_instrs"] = len(body)
+    r["loop_ops"] = dict(sorted(Counter(op.split(".")[0] for op in (_opcode(t) for t in body)).items(),
+                                key=lambda kv: -kv[1]))
     r["loop_mma"] = sum(n for op, n in loop_ops.items() if _is_mma(op))
     r["loop_mufu"] = sum(n for op, n in loop_ops.items() if op.startswith("MUFU"))
     r["loop_depbar"] = sorted({int(m, 16) for t in body for m in re.findall(r"^DEPBAR\.LE SB0, (0x[0-9a-f]+)",
@@ -457,6 +459,8 @@ def analyse(compiled: CompiledCase) -> dict:
 def check_expect(row: dict, expect: dict, arch: int) -> list[str]:
     """The ``expect`` targets that ``row`` (from :func:`analyse`) misses, as readable sentences (empty: all met)."""
     bad = []
+    if (row.get("shared_bytes") or 0) > SMEM_PER_CTA:
+        bad.append(f"shared memory {row['shared_bytes']} B > {SMEM_PER_CTA} B: cannot launch")
     for key, want in expect.items():
         if key == "no_spills" and want:
             if row.get("spill_bytes") != 0 or row.get("sass_local"):
