@@ -124,8 +124,8 @@ def _plan_cpu(grid, window, tile, num_text_tokens, align) -> TilePlan:
     counts[:n_text_units] = n_units
     return TilePlan(
         grid=tuple(grid), tile=tuple(tile), window_tiles=w_tiles, num_text_tokens=num_text_tokens, unit=unit,
-        n_text_units=n_text_units, n_units=n_units, src=src, dst=dst, key_valid=key_valid, key_bias=key_bias, table=table,
-        counts=counts, video_count=video_count, has_padding=bool((~key_valid).any()),
+        n_text_units=n_text_units, n_units=n_units, src=src, dst=dst, key_valid=key_valid, key_bias=key_bias,
+        table=table, counts=counts, video_count=video_count, has_padding=bool((~key_valid).any()),
     )
 
 

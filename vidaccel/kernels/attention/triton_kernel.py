@@ -403,6 +403,10 @@ def block_sparse_attention_triton(q, k, v, *, plan=None, scale: float | None = N
     """
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
+    if plan is not None and not (Lq == Lk == plan.length):
+        raise ValueError(f"sparse mode needs q and k in the tile layout: Lq={Lq}, Lk={Lk}, plan.length={plan.length}")
+    if config is None:
+        config = _pinned_config(plan.unit if plan is not None else 0)
     out_dtype = q.dtype
     run_dtype = compute_dtype(q.dtype, q.device)
     q, k, v = (x.to(run_dtype) if x.dtype != run_dtype else x for x in (q, k, v))
@@ -411,8 +415,6 @@ def block_sparse_attention_triton(q, k, v, *, plan=None, scale: float | None = N
     lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device) if return_lse else o
     scale = D**-0.5 if scale is None else scale
     interpreting = triton_interpreting()
-    if plan is not None and not (Lq == Lk == plan.length):
-        raise ValueError(f"sparse mode needs q and k in the tile layout: Lq={Lq}, Lk={Lk}, plan.length={plan.length}")
     bias = plan.key_bias if plan is not None and plan.has_padding else o
     args, meta = _kernel_args(q, k, v, o, lse, bias, plan, H, Lq, Lk, D, scale, return_lse,
                               upcast=interpreting or run_dtype == torch.float32)
@@ -425,8 +427,6 @@ def block_sparse_attention_triton(q, k, v, *, plan=None, scale: float | None = N
         grid = (triton.cdiv(Lq, c["BLOCK_M"]), B * H)
         _attn_fwd[grid](*args, **meta, **c, num_warps=warps, num_stages=stages)
 
-    if config is None:
-        config = _pinned_config(unit)
     if config is None:
         candidates = prune_configs(AUTOTUNE_CONFIGS, unit, meta["BLOCK_D"], capability, q.element_size())
         if interpreting or len(candidates) == 1:

@@ -285,9 +285,9 @@ def sliding_tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     _check_qkv(q, k, v, same_length=True)
     grid = _triple("grid", grid)
     window = _triple("window", window)
-    # a tile larger than the grid in some dimension means the same as one equal to it (and pads less)
     if not isinstance(num_text_tokens, int) or num_text_tokens < 0:
         raise ValueError(f"num_text_tokens={num_text_tokens!r} is not allowed: it must be an int >= 0")
+    # a tile larger than the grid in some dimension means the same as one equal to it (and pads less)
     tile = (default_tile(grid, num_text_tokens) if tile is None
             else tuple(min(t, g) for t, g in zip(_triple("tile", tile), grid)))
     if q.shape[1] != num_text_tokens + math.prod(grid):
