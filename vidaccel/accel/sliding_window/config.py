@@ -31,7 +31,8 @@ class SlidingWindowConfig:
         window: ``(wt, wh, ww)`` window in tokens of the token grid (after patching), rounded up to whole
             tiles. A window ≥ the grid computes dense attention (a warning says so). ``None`` only with
             ``train_grid`` (then the window is the training grid).
-        tile: ``(tt, th, tw)`` tokens per tile (default ``(4, 8, 8)`` clipped to the grid). Tiles are the
+        tile: ``(tt, th, tw)`` tokens per tile (default: the tile that pads the token grid least,
+            :func:`vidaccel.kernels.attention.default_tile`). Tiles are the
             unit kept or skipped; smaller tiles follow the window more closely, larger ones run faster.
         dense_steps: the first denoising steps that keep dense attention.
         dense_layers: block indices whose self-attention stays dense.

@@ -100,6 +100,7 @@ class SlidingWindowTechnique(Technique):
 
     def reset(self) -> None:
         self.grid: tuple[int, int, int] | None = None
+        self._text_len = 0  # text tokens leading the sequence (CogVideoX), from the last windowed call
         self.step = 0
         self._last_t: float | None = None
         self._bare_step = 0
@@ -179,7 +180,7 @@ class SlidingWindowTechnique(Technique):
     # -- used by the processors -----------------------------------------------------------------
     @property
     def tile(self) -> tuple[int, int, int]:
-        return self.config.tile if self.config.tile is not None else default_tile(self.grid)
+        return self.config.tile if self.config.tile is not None else default_tile(self.grid, self._text_len)
 
     def windowed(self, layer: int) -> bool:
         return (self._sparse_step and not self._dense_branch and self.grid is not None
@@ -192,6 +193,7 @@ class SlidingWindowTechnique(Technique):
             self.pairs_computed += 1.0
             self.pairs_total += 1.0
             return
+        self._text_len = text_len
         if video_len != math.prod(self.grid):
             raise ValueError(f"self-attention sees {video_len} video tokens but the token grid {self.grid} has "
                              f"{math.prod(self.grid)}")
