@@ -37,8 +37,8 @@ from _common import machine, print_table  # noqa: E402  (benchmarks/)
 
 # (tokens, sliding-tile grid, window, tile)
 SHAPES = {
-    63: dict(grid=(3, 3, 7), window=(2, 2, 4), tile=(1, 2, 4)),
-    1000: dict(grid=(10, 10, 10), window=(4, 8, 8), tile=(2, 4, 4)),
+    63: dict(grid=(3, 3, 7), window=(2, 3, 4), tile=(2, 3, 4)),
+    1000: dict(grid=(10, 10, 10), window=(4, 8, 8), tile=(2, 8, 8)),
 }
 
 

@@ -174,8 +174,7 @@ def quant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_te
     plan = None
     if sparse_args is not None and not naive.is_dense_window(*sparse_args):
         grid, window, tile = sparse_args
-        align = 128 if backend == "triton" and q.device.type == "cuda" else KEY_BLOCK
-        plan = tile_plan(grid, window, tile, num_text_tokens, align=align, device=q.device)
+        plan = tile_plan(grid, window, tile, num_text_tokens, align=KEY_BLOCK, device=q.device)
     if backend == "triton":
         return _kernels().quant_attention_triton(
             q, k, v, scale=scale, smooth_q=smooth_q, pv_fp8=pv == "fp8", num_text_tokens=num_text_tokens, plan=plan,
