@@ -56,6 +56,7 @@ __all__ = [
     "M_FLOOR",
     "is_dense_window",
     "layout_positions",
+    "text_padded",
     "quantize_int8_blocks",
     "quantize_qk",
     "quantize_v",

@@ -308,6 +308,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def quant_warps(block: int, block_d: int) -> int:
+    """Warps of :func:`quant_qk_kernel`: at most 64 tile elements per thread (it keeps ``x`` and ``x - mean``)."""
+    return 8 if block * block_d > 8192 else 4
+
+
 def dense_length(length: int, num_text_tokens: int) -> int:
     """Positions of the dense layout of ``length`` tokens (text padded to a key block), a whole number of blocks
     (of ``KEY_BLOCK`` and of every ``BLOCK_M``)."""
@@ -345,19 +350,20 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
     else:
         q_mean = q_mean_scaled = torch.zeros(B, H, D, **f32)
     BH = B * H
-    warps = {} if interpret else {"num_warps": 4}
     q8 = torch.empty(BH, lpad_q, bd, dtype=torch.int8, device=dev)
     qs = torch.empty(BH, lpad_q, **f32)
     corr = torch.empty(BH, lpad_q, **f32) if return_lse else qs
     quant_qk_kernel[(lpad_q // Q_BLOCK, BH)](
         q, q_mean, k_mean, src, q8, qs, corr, *q.stride(), H, Lq, D, ntext, text_pad, lpad_q, c, scale,
-        BLOCK=Q_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=True, AUX=2 if return_lse else 0, **warps)
+        BLOCK=Q_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=True, AUX=2 if return_lse else 0,
+        **({} if interpret else {"num_warps": quant_warps(Q_BLOCK, bd)}))
     k8 = torch.empty(BH, lpad_k, bd, dtype=torch.int8, device=dev)
     ks = torch.empty(BH, lpad_k // KEY_BLOCK, **f32)
     bias = torch.empty(BH, lpad_k, **f32)
     quant_qk_kernel[(lpad_k // KEY_BLOCK, BH)](
         k, k_mean, q_mean_scaled, src, k8, ks, bias, *k.stride(), H, Lk, D, ntext, text_pad, lpad_k, 1.0, 1.0,
-        BLOCK=KEY_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=False, AUX=1, **warps)
+        BLOCK=KEY_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=False, AUX=1,
+        **({} if interpret else {"num_warps": quant_warps(KEY_BLOCK, bd)}))
     if pv_fp8:
         amax = v.abs().amax(dim=1).float()  # [B, H, D]; exact in v's dtype
         vscale = torch.ones(B, H, bd, **f32)
@@ -368,7 +374,7 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
         vt = torch.empty(BH, bd, lpad_k, dtype=torch.bfloat16, device=dev)
     quant_v_kernel[(lpad_k // V_BLOCK, BH)](
         v, src, vscale, vt, *v.stride(), H, Lk, D, ntext, text_pad, lpad_k, BLOCK_T=V_BLOCK, BLOCK_D=bd,
-        HAS_SRC=sparse, PV_FP8=pv_fp8, INTERPRET=interpret, **warps)
+        HAS_SRC=sparse, PV_FP8=pv_fp8, INTERPRET=interpret, **({} if interpret else {"num_warps": 4}))
 
     o = torch.empty(B, Lq, H, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, H, Lq, **f32) if return_lse else qs
@@ -450,11 +456,12 @@ def static_cases() -> list:
                     name=f"quant_attention/quant_{what}/{mode}/{mname}", kernel=quant_qk_kernel,
                     args=(T(BF16), T(F32), T(F32), T(I32), T(I8), T(F32), T(F32), *qkv_strides, H, L, D, ntext,
                           text_padded(ntext), lpad, 1.0, 1.0),
-                    kwargs=dict(BLOCK=block, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=row_scale, AUX=aux, num_warps=4),
-                    shape=where))
+                    kwargs=dict(BLOCK=block, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=row_scale, AUX=aux,
+                                num_warps=quant_warps(block, bd)),
+                    expect=dict(no_spills=True), shape=where))
             cases.append(static.StaticCase(
                 name=f"quant_attention/quant_v/{mode}/{mname}", kernel=quant_v_kernel,
                 args=(T(BF16), T(I32), T(F32), T(E4M3), *qkv_strides, H, L, D, ntext, text_padded(ntext), lpad),
                 kwargs=dict(BLOCK_T=V_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, PV_FP8=True, INTERPRET=False, num_warps=4),
-                shape=where))
+                expect=dict(no_spills=True), shape=where))
     return cases

@@ -8,7 +8,8 @@ Backends (:data:`BACKENDS`):
   with their gathered window keys (sliding-tile): what runs on CPU;
 * ``"auto"``: ``triton`` on a CUDA GPU, ``torch`` elsewhere.
 
-Both follow :mod:`.naive` (the spec) and agree with it to fp32 rounding.
+Both follow :mod:`.naive` (the spec) and agree with it up to fp32 rounding (which, where an element of P sits on
+an e4m3 rounding tie, can move it by one e4m3 step).
 """
 
 from __future__ import annotations
