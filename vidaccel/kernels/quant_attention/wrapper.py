@@ -24,7 +24,7 @@ from .._backend import kernel_module, triton_available, triton_interpreting
 from ..attention.layout import TilePlan, tile_plan
 from ..attention.wrapper import default_tile
 from . import naive
-from .naive import FP8_MAX, KEY_BLOCK, LOG2_FP8_MAX, M_FLOOR
+from .naive import KEY_BLOCK, LOG2_FP8_MAX, M_FLOOR
 
 __all__ = ["BACKENDS", "PV_MODES", "quant_attention", "resolve_backend", "resolve_pv"]
 
@@ -186,28 +186,24 @@ def quant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_te
 
 
 # -- the torch backend ---------------------------------------------------------------------------------------
-def _round_p(p: torch.Tensor, pv: str) -> torch.Tensor:
-    if pv == "fp8":
-        return p.clamp(max=FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32)
-    return p.to(torch.bfloat16).to(torch.float32)
-
-
 def _attend(q8, qs, k8, ks, bias, vq, pv: str):
     """Quantized attention of a chunk. ``q8 [..., C, D]`` (fp32 holding int8), ``qs [..., C]``; ``k8, vq
     [..., S, D]``, ``ks, bias [..., S]`` with ``S`` a multiple of ``KEY_BLOCK``, in position order (masked keys:
-    ``bias = -inf``). Returns ``(acc / l [..., C, D], m [..., C], l [..., C])`` (before the V scale)."""
+    ``bias = -inf``). Returns ``(acc / l [..., C, D], m [..., C], l [..., C])`` (before the V scale).
+
+    The score matrix is the one large temporary; every elementwise step runs in place on it."""
     g = LOG2_FP8_MAX if pv == "fp8" else 0.0
     t = torch.matmul(q8, k8.transpose(-1, -2))  # integer-valued, exact in fp32 (|sum| < 2^24)
-    t = t * (qs[..., :, None] * ks[..., None, :]) + bias[..., None, :]
+    t.mul_(qs[..., :, None] * ks[..., None, :]).add_(bias[..., None, :])
     tb = t.unflatten(-1, (-1, KEY_BLOCK))  # [..., C, n_blocks, KEY_BLOCK]
     # running max over blocks in visiting order: the max each block's P̃ is taken against
     r = torch.cummax(tb.amax(dim=-1), dim=-1).values.clamp_min(M_FLOOR)  # [..., C, n_blocks]
     m = r[..., -1]
-    p = torch.exp2(tb - (r - g)[..., None])
+    p = tb.sub_((r - g)[..., None]).exp2_()  # ≤ 448 (fp8) up to rounding; the e4m3 cast saturates to 448
     w = torch.exp2(r - m[..., None])  # the product of the later blocks' rescalings
     l = (p.sum(dim=-1) * w).sum(dim=-1)
-    p = (_round_p(p, pv) * w[..., None]).flatten(-2)
-    return torch.matmul(p, vq) / l[..., None], m, l
+    p = p.to(torch.float8_e4m3fn if pv == "fp8" else torch.bfloat16).to(torch.float32).mul_(w[..., None])
+    return torch.matmul(p.flatten(-2), vq) / l[..., None], m, l
 
 
 def _torch_quant_attention(q, k, v, *, scale, smooth_q, pv, num_text_tokens, plan: TilePlan | None):
