@@ -38,6 +38,7 @@ import sys
 import torch
 
 from vidaccel.kernels.attention import (
+    default_tile,
     flash_attention,
     sliding_tile_attention,
     sliding_tile_density,
@@ -48,26 +49,6 @@ from _common import WAN13_LATENTS, machine, print_table, random_wan13, timeit  #
 
 # Wan2.1-1.3B token grids (patch 1×2×2, VAE 4×8×8): 81 frames → 21 latent frames.
 WAN13_GRIDS = {"480p": (21, 30, 52), "720p": (21, 45, 80)}
-
-
-def best_tile(grid, volumes=(128, 256), align: int = 64) -> tuple[int, int, int]:
-    """A tile whose volume is in ``volumes`` (a multiple of ``align``: no padding inside a unit) that keeps
-    the padded sequence length (partial border tiles are padding) within 2% of the least possible, and among
-    those the most cube-like one (in tokens, time counted ×4 as in STA's 4×8×8)."""
-    options = []
-    for tt in range(1, min(grid[0], 8) + 1):
-        for th in range(1, min(grid[1], 32) + 1):
-            for tw in range(1, min(grid[2], 32) + 1):
-                vol = tt * th * tw
-                if vol not in volumes or vol % align:
-                    continue
-                padded = math.prod(math.ceil(g / t) for g, t in zip(grid, (tt, th, tw))) * vol
-                sides = (4 * tt, th, tw)
-                options.append((padded, max(sides) / min(sides), -vol, (tt, th, tw)))
-    if not options:
-        raise ValueError(f"no tile of volume {volumes} fits grid {grid}")
-    least = min(o[0] for o in options)
-    return min((o for o in options if o[0] <= 1.02 * least), key=lambda o: o[1:3])[3]
 
 
 def windows_for_densities(grid, tile, targets) -> list[tuple[tuple[int, int, int], float]]:
@@ -201,7 +182,7 @@ def gpu_kernel(args) -> dict:
     rows = []
     for label, grid in grids.items():
         L = math.prod(grid)
-        tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else best_tile(grid))
+        tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else default_tile(grid))
         plan = tile_plan(grid, grid, tile, align=1 if smoke else 64)
         padding = plan.length / L - 1
         q, k, v = (torch.randn(1, L, heads, D, device=device, dtype=dtype) for _ in range(3))
@@ -248,7 +229,7 @@ def gpu_e2e(args) -> dict:
     latent = tuple(x.shape[2:])
     dtype = x.dtype
     grid = (latent[0], latent[1] // 2, latent[2] // 2)
-    tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else best_tile(grid))
+    tile = tuple(args.tile) if args.tile else ((1, 2, 4) if smoke else default_tile(grid))
 
     def forward():
         with torch.no_grad():
@@ -296,7 +277,7 @@ def main(argv=None) -> None:
     for name in ("gpu-kernel", "gpu-e2e"):
         g = sub.add_parser(name)
         g.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.5])
-        g.add_argument("--tile", nargs=3, type=int, default=None, help="default: the least-padding 128/256 tile")
+        g.add_argument("--tile", nargs=3, type=int, default=None, help="default: default_tile(grid), least padding")
         g.add_argument("--repeats", type=int, default=5 if name == "gpu-kernel" else 3)
         g.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
     for s in sub.choices.values():

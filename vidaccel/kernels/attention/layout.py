@@ -7,10 +7,14 @@ The sequence ``[text (num_text_tokens) | video (T*H*W, frame-major)]`` is laid o
 * each video tile (``tt×th×tw`` tokens, row-major inside the tile, partial tiles at the far borders)
   fills one unit, padded to ``unit >= tt*th*tw`` positions (a multiple of ``align``).
 
-Padding keys are masked (``key_valid``); padding queries are computed and dropped. In this layout every
-kernel block lies inside one unit, so each block is either fully visited or fully skipped: unit ``u``
-visits the key units ``table[u, :counts[u]]`` (text units visit every unit; video units visit the text
-units and the ``wt*wh*ww`` tiles of their window).
+Padding keys are masked (``key_valid``; the Triton kernel adds ``key_bias``, 0 or -1e30); padding queries are
+computed and dropped. In this layout every kernel block lies inside one unit, so each block is either fully
+visited or fully skipped: unit ``u`` visits the key units ``table[u, :counts[u]]`` (text units visit every unit;
+video units visit the text units and the ``wt*wh*ww`` tiles of their window). The Triton kernel computes the same
+key units from the tile geometry (``n_tiles``, ``window_tiles``) instead of reading the table, so that its key
+loads do not wait on an index load.
+
+:func:`best_tile` picks the tile that pads a grid least (the default tile of :func:`~.wrapper.sliding_tile_attention`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ import torch
 
 from .naive import window_in_tiles, window_starts
 
-__all__ = ["TilePlan", "tile_plan"]
+__all__ = ["TilePlan", "best_tile", "tile_plan"]
+
+#: STA's tile: 4 frames × 8 × 8 tokens = 256 tokens; the fallback for grids too small to search.
+DEFAULT_TILE = (4, 8, 8)
+#: The Triton kernel's units are padded to a multiple of this on CUDA (its smallest key block).
+CUDA_ALIGN = 64
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached, one object per key
@@ -40,6 +49,7 @@ class TilePlan:
     src: torch.Tensor  # [n_units*unit] int64: source index in the sequence of each position (padding → 0)
     dst: torch.Tensor  # [L] int64: position of each sequence token in the layout
     key_valid: torch.Tensor  # [n_units*unit] bool
+    key_bias: torch.Tensor  # [n_units*unit] float32: 0 for real keys, -1e30 for padding (added to the scores)
     table: torch.Tensor  # [n_units, max_count] int32, key units to visit (ascending), -1 after counts[u]
     counts: torch.Tensor  # [n_units] int32
     video_count: int  # key units visited by every video unit
@@ -48,6 +58,16 @@ class TilePlan:
     @property
     def length(self) -> int:
         return self.n_units * self.unit
+
+    @property
+    def n_tiles(self) -> tuple[int, int, int]:
+        """Tiles per dimension (partial tiles at the far borders count)."""
+        return tuple(math.ceil(g / t) for g, t in zip(self.grid, self.tile))
+
+    @property
+    def padding(self) -> float:
+        """Extra positions of the layout over the real tokens: ``length / tokens - 1``."""
+        return self.length / (self.num_text_tokens + math.prod(self.grid)) - 1
 
     @property
     def covers_all(self) -> bool:
@@ -81,6 +101,7 @@ def _plan_cpu(grid, window, tile, num_text_tokens, align) -> TilePlan:
     src[dst] = torch.arange(L)
     key_valid = torch.zeros(n_units * unit, dtype=torch.bool)
     key_valid[dst] = True
+    key_bias = torch.where(key_valid, 0.0, -1.0e30).to(torch.float32)
 
     w_tiles = window_in_tiles(grid, window, tile)
     # key tiles of every query tile: the product of the per-dimension windows, ascending
@@ -103,8 +124,8 @@ def _plan_cpu(grid, window, tile, num_text_tokens, align) -> TilePlan:
     counts[:n_text_units] = n_units
     return TilePlan(
         grid=tuple(grid), tile=tuple(tile), window_tiles=w_tiles, num_text_tokens=num_text_tokens, unit=unit,
-        n_text_units=n_text_units, n_units=n_units, src=src, dst=dst, key_valid=key_valid, table=table,
-        counts=counts, video_count=video_count, has_padding=bool((~key_valid).any()),
+        n_text_units=n_text_units, n_units=n_units, src=src, dst=dst, key_valid=key_valid, key_bias=key_bias,
+        table=table, counts=counts, video_count=video_count, has_padding=bool((~key_valid).any()),
     )
 
 
@@ -113,10 +134,47 @@ def _plan_on(grid, window, tile, num_text_tokens, align, device) -> TilePlan:
     p = _plan_cpu(grid, window, tile, num_text_tokens, align)
     if device.type == "cpu":
         return p
-    move = {k: getattr(p, k).to(device) for k in ("src", "dst", "key_valid", "table", "counts")}
+    move = {k: getattr(p, k).to(device) for k in ("src", "dst", "key_valid", "key_bias", "table", "counts")}
     return TilePlan(**{**p.__dict__, **move})
 
 
 def tile_plan(grid, window, tile, num_text_tokens: int = 0, align: int = 1, device="cpu") -> TilePlan:
     """The (cached) :class:`TilePlan` of a grid, window and tile; units padded to a multiple of ``align``."""
     return _plan_on(tuple(grid), tuple(window), tuple(tile), int(num_text_tokens), int(align), torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def best_tile(grid, num_text_tokens: int = 0, align: int = CUDA_ALIGN) -> tuple[int, int, int]:
+    """The tile whose layout has the fewest positions (least padding) for ``grid`` and a text prefix.
+
+    Candidates: tiles of 128–512 tokens with at least two tiles per grid dimension (so a window can be local in
+    each), and :data:`DEFAULT_TILE` clipped to the grid. Units are padded to a multiple of ``align`` (the CUDA
+    kernel's). Among candidates within 0.2 % of the fewest positions: units divisible by 128 first (128-row
+    kernel blocks fit), then units nearest 256 tokens (STA's size), then the most cube-like tile.
+    Examples: Wan 480p (21, 30, 52) → (7, 6, 6), +5.5 % positions; Wan 720p (21, 45, 80) → (7, 9, 4), +1.6 %;
+    CogVideoX-5B (13, 30, 45) + 226 text tokens → (7, 5, 9), +9.8 % (STA's 4×8×8: +31 %, +22 %, +40 %).
+    """
+    grid = tuple(int(g) for g in grid)
+
+    def cost(tile):
+        vol = math.prod(tile)
+        unit = -(-vol // align) * align
+        n = math.prod(-(-g // t) for g, t in zip(grid, tile))
+        return (-(-num_text_tokens // unit) + n) * unit, unit
+
+    candidates = {tuple(min(t, g) for t, g in zip(DEFAULT_TILE, grid))}
+    T, H, W = grid
+    for tt in range(1, -(-T // 2) + 1):
+        for th in range(1, -(-H // 2) + 1):
+            if tt * th > 512:
+                break
+            for tw in range(max(1, -(-128 // (tt * th))), min(-(-W // 2), 512 // (tt * th)) + 1):
+                candidates.add((tt, th, tw))
+    scored = [(cost(t), t) for t in candidates]
+    fewest = min(c[0] for c, _ in scored)
+    near = [(c, t) for c, t in scored if c[0] <= fewest * 1.002]
+    def preference(ct):
+        (positions, unit), tile = ct
+        return unit % 128 != 0, abs(unit - 256), max(tile) / min(tile), positions, tile
+
+    return min(near, key=preference)[1]
