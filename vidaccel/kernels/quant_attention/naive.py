@@ -179,7 +179,7 @@ def quant_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     scale = D**-0.5 if scale is None else scale
     g = LOG2_FP8_MAX if pv == "fp8" else 0.0
     if grid is not None:
-        tile = default_tile(grid) if tile is None else tuple(min(t, g) for t, g in zip(tile, grid))
+        tile = default_tile(grid, num_text_tokens) if tile is None else tuple(min(t, g) for t, g in zip(tile, grid))
     sparse = grid is not None and not is_dense_window(grid, window, tile)
     where = dict(grid=grid, window=window, tile=tile) if sparse else {}
     q_pos = layout_positions(Lq, num_text_tokens=num_text_tokens, device=q.device, **where)

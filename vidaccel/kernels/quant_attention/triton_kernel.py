@@ -53,10 +53,10 @@ __all__ = ["AUTOTUNE_CONFIGS", "prune_configs", "block_d", "quant_qk_kernel", "q
 #: Launch configs (data). ``BLOCK_N`` is fixed at ``KEY_BLOCK`` (the numerics depend on it); sparse mode keeps
 #: the configs whose ``BLOCK_M`` divides the unit.
 AUTOTUNE_CONFIGS: list[dict] = [
-    dict(BLOCK_M=128, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, num_warps=8, num_stages=3),
-    dict(BLOCK_M=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M=128, num_warps=8, num_stages=2),
     dict(BLOCK_M=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=64, num_warps=4, num_stages=2),
 ]
 #: Rows per program of :func:`quant_v_kernel`.
 V_BLOCK = 64
@@ -225,15 +225,18 @@ def _attend_block(acc, l_i, m_i, q8, qs, K8, KS, Bias, V8T, k_base, ks_base, s_b
 
 
 @triton.jit
-def quant_attn_fwd(Q8, QS, K8, KS, Bias, V8T, VS, O, LSE, Corr, Src, Table, Counts,
-                   stride_ob, stride_ol, stride_oh, H, Lq, Lpad_q, Lpad_k, D, num_text, text_pad, table_stride,
+def quant_attn_fwd(Q8, QS, K8, KS, Bias, V8T, VS, O, LSE, Corr, Src,
+                   stride_ob, stride_ol, stride_oh, H, Lq, Lpad_q, Lpad_k, D, num_text, text_pad,
+                   n_text_units, n_units, NT, NH, NW, WT, WH, WW,
                    UNIT: tl.constexpr, SPARSE: tl.constexpr, PV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr,
                    INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Quantized flash attention of ``BLOCK_M`` query positions of one (batch, head).
 
-    Dense: every key block ``0 .. Lpad_k``. Sparse (tile layout): query unit ``u`` visits the key units
-    ``Table[u, :Counts[u]]``. A position's output row is its token (``Src``, or the dense layout); padding
-    positions store nothing. ``O: [B, Lq, H, D]`` (last dim contiguous), ``LSE: [B, H, Lq]``.
+    Dense: every key block ``0 .. Lpad_k``. Sparse (tile layout, ``NT×NH×NW`` tiles after ``n_text_units`` text
+    units, windows of ``WT×WH×WW`` tiles): a text query unit visits every unit, a video query unit the text units
+    and then its window's tiles, all in ascending order (the plan's table, computed from the geometry so that no
+    index load holds up the loop's prefetch). A position's output row is its token (``Src``, or the dense layout);
+    padding positions store nothing. ``O: [B, Lq, H, D]`` (last dim contiguous), ``LSE: [B, H, Lq]``.
     """
     tl.static_assert(BLOCK_D >= 32)
     pid_m = tl.program_id(0)
@@ -254,15 +257,37 @@ def quant_attn_fwd(Q8, QS, K8, KS, Bias, V8T, VS, O, LSE, Corr, Src, Table, Coun
     if SPARSE:
         tl.static_assert(UNIT % BLOCK_M == 0)
         tl.static_assert(UNIT % BLOCK_N == 0)
-        unit = (pid_m * BLOCK_M) // UNIT
         BLOCKS_PER_UNIT: tl.constexpr = UNIT // BLOCK_N
-        row = Table + unit.to(tl.int64) * table_stride
+        unit = (pid_m * BLOCK_M) // UNIT
+        is_text = unit < n_text_units
+        # the query tile's coordinates and the first tile of its window (centred, shifted inward at the borders)
+        j = tl.maximum(unit - n_text_units, 0)
+        st = tl.minimum(tl.maximum(j // (NH * NW) - WT // 2, 0), NT - WT)
+        sh = tl.minimum(tl.maximum((j // NW) % NH - WH // 2, 0), NH - WH)
+        sw = tl.minimum(tl.maximum(j % NW - WW // 2, 0), NW - WW)
+        box = n_text_units + (st * NH + sh) * NW + sw  # key unit of the window's first tile
+        n_visit = tl.where(is_text, n_units, n_text_units + WT * WH * WW)
+        # position (bt, bh, bw) in the window box of the next video key unit, advanced by compares rather than
+        # recomputed by division in every iteration
+        bt = tl.full([], 0, tl.int32)
+        bh = tl.full([], 0, tl.int32)
+        bw = tl.full([], 0, tl.int32)
         # one flat loop over the visited key blocks
-        for it in range(0, tl.load(Counts + unit) * BLOCKS_PER_UNIT):
-            key_unit = tl.load(row + it // BLOCKS_PER_UNIT).to(tl.int64)
-            start_n = key_unit * UNIT + (it % BLOCKS_PER_UNIT) * BLOCK_N
+        for it in range(0, n_visit * BLOCKS_PER_UNIT):
+            c = it // BLOCKS_PER_UNIT
+            in_text = is_text | (c < n_text_units)
+            key_unit = tl.where(in_text, c, box + (bt * NH + bh) * NW + bw)
+            start_n = key_unit.to(tl.int64) * UNIT + (it % BLOCKS_PER_UNIT) * BLOCK_N
             acc, l_i, m_i = _attend_block(acc, l_i, m_i, q8, qs, K8, KS, Bias, V8T, k_base, ks_base, s_base,
                                           v_base, start_n, Lpad_k, PV_FP8, INTERPRET, BLOCK_N, BLOCK_D)
+            step = (not in_text) & (it % BLOCKS_PER_UNIT == BLOCKS_PER_UNIT - 1)
+            bw = bw + step.to(tl.int32)
+            wrap_w = bw == WW
+            bw = tl.where(wrap_w, 0, bw)
+            bh = bh + wrap_w.to(tl.int32)
+            wrap_h = bh == WH
+            bh = tl.where(wrap_h, 0, bh)
+            bt = bt + wrap_h.to(tl.int32)
     else:
         for start_n in range(0, Lpad_k, BLOCK_N):
             acc, l_i, m_i = _attend_block(acc, l_i, m_i, q8, qs, K8, KS, Bias, V8T, k_base, ks_base, s_base,
@@ -378,10 +403,8 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
 
     o = torch.empty(B, Lq, H, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, H, Lq, **f32) if return_lse else qs
-    table = plan.table.to(dev) if sparse else src
-    counts = plan.counts.to(dev) if sparse else src
-    args = (q8, qs, k8, ks, bias, vt, vscale, o, lse, corr, src, table, counts, o.stride(0), o.stride(1), o.stride(2),
-            H, Lq, lpad_q, lpad_k, D, ntext, text_pad, table.stride(0) if sparse else 0)
+    args = (q8, qs, k8, ks, bias, vt, vscale, o, lse, corr, src, o.stride(0), o.stride(1), o.stride(2),
+            H, Lq, lpad_q, lpad_k, D, ntext, text_pad, *plan_geometry(plan))
     meta = dict(UNIT=unit, SPARSE=sparse, PV_FP8=pv_fp8, RETURN_LSE=return_lse, INTERPRET=interpret,
                 BLOCK_N=KEY_BLOCK, BLOCK_D=bd)
     if config is None and interpret:
@@ -393,6 +416,13 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
     else:
         quant_attn_fwd_autotuned[lambda META: (lpad_q // META["BLOCK_M"], BH)](*args, **meta)
     return (o, lse) if return_lse else o
+
+
+def plan_geometry(plan) -> tuple[int, ...]:
+    """The kernel's sparse-mode integers: text units, units, tiles per dim, window tiles per dim."""
+    if plan is None:
+        return (0, 0, 1, 1, 1, 1, 1, 1)
+    return (plan.n_text_units, plan.n_units, *plan.n_tiles, *plan.window_tiles)
 
 
 @functools.lru_cache(maxsize=16)
@@ -416,9 +446,10 @@ STATIC_MODELS = {
 def static_cases() -> list:
     """Every config the wrapper can launch, at Wan2.1-1.3B 480p and CogVideoX-5B shapes (see
     :mod:`vidaccel.kernels.static`): the attention kernel dense and sliding-tile, FP8 and bf16 P·V, and the
-    quantization kernels. The main case: dense FP8 on Wan 480p, ``BLOCK_M=128``, 2 stages."""
+    quantization kernels. The main case: dense FP8 on Wan 480p, ``BLOCK_M=128``, 3 stages."""
     from vidaccel.kernels import static
     from vidaccel.kernels.attention.layout import tile_plan
+    from vidaccel.kernels.attention.wrapper import default_tile
 
     T = static.T
     I8, F32, I32, BF16, E4M3 = torch.int8, torch.float32, torch.int32, torch.bfloat16, torch.float8_e4m3fn
@@ -429,28 +460,31 @@ def static_cases() -> list:
         bd = block_d(D)
         qkv_strides = (L * H * D, H * D, D, 1)  # [B, L, H, D] contiguous
         for sparse in (False, True):
-            if sparse:  # the wrapper aligns units to KEY_BLOCK positions
-                plan = tile_plan(m["grid"], m["window"], (4, 8, 8), ntext, align=KEY_BLOCK)
-                lpad, unit, table_stride = plan.length, plan.unit, plan.table.stride(0)
+            if sparse:  # the wrapper's default tile, units aligned to KEY_BLOCK positions
+                tile = default_tile(m["grid"], ntext)
+                plan = tile_plan(m["grid"], m["window"], tile, ntext, align=KEY_BLOCK)
+                lpad, unit = plan.length, plan.unit
             else:
-                lpad, unit, table_stride = dense_length(L, ntext), 0, 0
+                plan, lpad, unit = None, dense_length(L, ntext), 0
             mode = "sparse" if sparse else "dense"
-            where = m["label"] + (f", window {m['window']}, tile 4x8x8" if sparse else "")
+            where = m["label"] + (f", window {m['window']}, tile {'x'.join(map(str, tile))}: {lpad} positions"
+                                  if sparse else "")
             for pv_fp8 in (True, False):
                 pv = "fp8" if pv_fp8 else "bf16"
                 args = (T(I8), T(F32), T(I8), T(F32), T(F32), T(E4M3 if pv_fp8 else BF16), T(F32), T(BF16),
-                        T(F32), T(F32), T(I32), T(I32), T(I32), L * H * D, H * D, D, H, L, lpad, lpad, D, ntext,
-                        text_padded(ntext), table_stride)
+                        T(F32), T(F32), T(I32), L * H * D, H * D, D, H, L, lpad, lpad, D, ntext, text_padded(ntext),
+                        *plan_geometry(plan))
                 for i, c in enumerate(prune_configs(AUTOTUNE_CONFIGS, unit, bd)):
                     c = dict(c)
                     bm = c.pop("BLOCK_M")
                     main = mname == "wan480p" and not sparse and pv_fp8 and i == 0
+                    expect = dict(no_spills=True, mma=True, stages_ahead=2) if main else dict(no_spills=True, mma=True)
                     cases.append(static.StaticCase(
                         name=f"quant_attention/{mode}/{pv}/{mname}/bm{bm}w{c['num_warps']}s{c['num_stages']}",
                         kernel=quant_attn_fwd, args=args,
                         kwargs=dict(UNIT=unit, SPARSE=sparse, PV_FP8=pv_fp8, RETURN_LSE=False, INTERPRET=False,
                                     BLOCK_M=bm, BLOCK_N=KEY_BLOCK, BLOCK_D=bd, **c),
-                        main=main, expect=dict(no_spills=True, mma=True) if main else {}, shape=where))
+                        main=main, expect=expect, shape=where))
             for what, block, row_scale, aux in (("q", Q_BLOCK, True, 2), ("k", KEY_BLOCK, False, 1)):
                 cases.append(static.StaticCase(
                     name=f"quant_attention/quant_{what}/{mode}/{mname}", kernel=quant_qk_kernel,

@@ -122,7 +122,8 @@ def _check(q, k, v, num_text_tokens, grid, window, tile, smooth_q, return_lse, s
     if window is None:
         raise ValueError("window=None is not allowed with grid=: give the window (t, h, w) in tokens")
     window = _triple("window", window)
-    tile = default_tile(grid) if tile is None else tuple(min(t, g) for t, g in zip(_triple("tile", tile), grid))
+    tile = (default_tile(grid, num_text_tokens) if tile is None
+            else tuple(min(t, g) for t, g in zip(_triple("tile", tile), grid)))
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"sliding-tile attention needs q and k of one length, got {q.shape[1]} and {k.shape[1]}")
     if q.shape[1] != num_text_tokens + math.prod(grid):
