@@ -1,3 +1,4 @@
+# size: compile, SASS/PTX parsing and the per-case report form one pipeline whose stages share private parsers.
 """Static GPU report: compile a Triton kernel for Hopper (sm_90) / Blackwell (sm_100) on a machine without a GPU
 and read what the hardware would run.
 

@@ -178,3 +178,10 @@ def best_tile(grid, num_text_tokens: int = 0, align: int = CUDA_ALIGN) -> tuple[
         return unit % 128 != 0, abs(unit - 256), max(tile) / min(tile), positions, tile
 
     return min(near, key=preference)[1]
+
+
+def default_tile(grid, num_text_tokens: int = 0) -> tuple[int, int, int]:
+    """The tile of ``grid`` (and a text prefix) whose layout pads least: :func:`~.layout.best_tile`
+    (e.g. Wan 480p ``(21, 30, 52)`` → ``(7, 6, 6)``, +5.5 % positions instead of +31 % at STA's 4×8×8); grids too
+    small for 128-token tiles get :data:`DEFAULT_TILE` clipped to the grid."""
+    return best_tile(tuple(int(g) for g in grid), int(num_text_tokens))

@@ -1,3 +1,5 @@
+# size: one op's Triton kernels, their launcher, autotune space and static cases read together; splitting them apart
+# would scatter the launch specialisation the static report must reproduce.
 """One block-sparse flash-attention forward in Triton (dense attention is the case "visit every block").
 
 * online softmax in the exp2 domain, fp32 accumulation; fp16 / bf16 operands (fp32 inputs are computed in bf16 on
@@ -455,8 +457,7 @@ def static_cases() -> list:
     CogVideoX-5B shapes (bf16), plus the launches for fp32 inputs and for the log-sum-exp (long video);
     see :mod:`vidaccel.kernels.static`."""
     from ..static import StaticCase, T
-    from .layout import CUDA_ALIGN, tile_plan
-    from .wrapper import default_tile
+    from .layout import CUDA_ALIGN, default_tile, tile_plan
 
     cases = []
     for label, B, H, D, grid, text, window in STATIC_MODELS:
@@ -499,8 +500,7 @@ def static_cases() -> list:
 
 def static_notes() -> str:
     """Markdown: tile padding of the block-sparse layout at the default tile of each real grid."""
-    from .layout import CUDA_ALIGN, DEFAULT_TILE, tile_plan
-    from .wrapper import default_tile
+    from .layout import CUDA_ALIGN, DEFAULT_TILE, default_tile, tile_plan
 
     lines = ["### Tile padding (block-sparse layout, CUDA alignment 64)\n",
              "Positions of the layout over real tokens (the work of every query and key block scales with it), at "

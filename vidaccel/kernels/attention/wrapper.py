@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import backend_names
 from .._backend import triton_available
-from .layout import CUDA_ALIGN, DEFAULT_TILE, TilePlan, best_tile, tile_plan
+from .layout import CUDA_ALIGN, DEFAULT_TILE, TilePlan, default_tile, tile_plan
 from .naive import attention_lse_naive, sliding_tile_mask
 
 __all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "dense_backend", "resolve_backend", "sliding_tile_attention",
@@ -32,13 +32,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _GATHER_BUDGET = 1 << 25  # elements of gathered keys per SDPA call in the gather backend
 #: Compile flex_attention on CPU too (a first call per shape compiles for ~20 s; benchmarks set this).
 FLEX_COMPILE_ON_CPU = False
-
-
-def default_tile(grid, num_text_tokens: int = 0) -> tuple[int, int, int]:
-    """The tile of ``grid`` (and a text prefix) whose layout pads least: :func:`~.layout.best_tile`
-    (e.g. Wan 480p ``(21, 30, 52)`` → ``(7, 6, 6)``, +5.5 % positions instead of +31 % at STA's 4×8×8); grids too
-    small for 128-token tiles get :data:`DEFAULT_TILE` clipped to the grid."""
-    return best_tile(tuple(int(g) for g in grid), int(num_text_tokens))
 
 
 def _triple(name: str, value) -> tuple[int, int, int]:

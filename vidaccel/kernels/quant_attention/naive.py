@@ -44,7 +44,7 @@ import torch
 
 from ..attention.layout import tile_plan
 from ..attention.naive import sliding_tile_mask, window_in_tiles
-from ..attention.wrapper import default_tile
+from ..attention.layout import default_tile
 
 __all__ = [
     "Q_BLOCK",

@@ -1,3 +1,5 @@
+# size: one op's Triton kernels, their launcher, autotune space and static cases read together; splitting them apart
+# would scatter the launch specialisation the static report must reproduce.
 """Triton kernels of quantized attention: INT8 Q·Kᵀ, FP8 (or bf16) P·V, fp32 online softmax; dense or block-sparse.
 
 The numerics are those of :mod:`vidaccel.kernels.quant_attention.naive` (the spec). Three kernels:
@@ -449,7 +451,7 @@ def static_cases() -> list:
     quantization kernels. The main case: dense FP8 on Wan 480p, ``BLOCK_M=128``, 3 stages."""
     from vidaccel.kernels import static
     from vidaccel.kernels.attention.layout import tile_plan
-    from vidaccel.kernels.attention.wrapper import default_tile
+    from vidaccel.kernels.attention.layout import default_tile
 
     T = static.T
     I8, F32, I32, BF16, E4M3 = torch.int8, torch.float32, torch.int32, torch.bfloat16, torch.float8_e4m3fn

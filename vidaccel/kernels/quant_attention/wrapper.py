@@ -22,7 +22,7 @@ import torch
 from .. import backend_names
 from .._backend import kernel_module, triton_available, triton_interpreting
 from ..attention.layout import TilePlan, tile_plan
-from ..attention.wrapper import default_tile
+from ..attention.layout import default_tile
 from . import naive
 from .naive import KEY_BLOCK, LOG2_FP8_MAX, M_FLOOR
 
