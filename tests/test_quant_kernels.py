@@ -200,37 +200,98 @@ def test_nvfp4_bit_exact_with_torchao():
     assert torch.equal(nv_naive.dequantize(data, block_scale, gs), t.dequantize(torch.float32))
 
 
-@pytest.mark.parametrize("m,k,n", SHAPES)
+NVFP4_SHAPES = SHAPES + [(70, 192, 40), (5, 16, 130)]  # K % 64 == 0 (no K masks, EVEN_K) and the smallest K
+
+
+@pytest.mark.parametrize("m,k,n", NVFP4_SHAPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_nvfp4_w4a16_kernel_matches_spec(interpret, m, k, n, bias):
-    x, w, b = _data(m, k, n)
+    x, w, b = _data(m, k, n, seed=m + k + n)
     qw = NVFP4Weight.from_float(w)
     b = b if bias else None
-    ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k, b)
     out = nvfp4_linear(x, qw, b, backend="triton")
     assert out.shape == (m, n) and out.dtype == x.dtype
-    assert rel_err(out, ref) < 1e-5
+    # the kernel's MMA takes 16-bit operands: fp32 activations are rounded to bf16, then everything is exact
+    # up to fp32 accumulation order
+    ref_bf16 = nv_naive.nvfp4_linear_ref(x.bfloat16().float(), qw.data, qw.block_scale, qw.global_scale, k, b)
+    assert rel_err(out, ref_bf16) < 1e-5
+    ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k, b)
+    assert rel_err(out, ref) < 1e-2
     assert rel_err(nvfp4_linear(x, qw, b, backend="torch"), ref) < 1e-6
 
 
-@pytest.mark.parametrize("n,k", [(72, 100), (24, 40), (130, 16)])
+def _random_nvfp4(n, k, seed):
+    """An NVFP4 weight with uniformly random codes and every finite e4m3 block scale (subnormals, 0, 448)."""
+    g = torch.Generator().manual_seed(seed)
+    kp = nv_naive.padded_k(k)
+    data = torch.randint(0, 256, (n, kp // 2), generator=g, dtype=torch.uint8)
+    codes = nv_naive.unpack(data)
+    codes[:, k:] = 0  # the format's zero padding
+    data = nv_naive.pack(codes)
+    scale_bits = torch.randint(0, 0x7F, (n, kp // 16), generator=g, dtype=torch.uint8)  # 0x7F is NaN
+    scale_bits.view(-1)[: 0x7F] = torch.arange(0x7F, dtype=torch.uint8)[: scale_bits.numel()]
+    return NVFP4Weight(data, scale_bits.view(torch.float8_e4m3fn), torch.tensor(0.0123, dtype=torch.float32), k)
+
+
+@pytest.mark.parametrize("k", [128, 100])
+def test_nvfp4_kernel_decodes_every_code_and_scale_exactly(interpret, k):
+    """x = identity: the output is the decoded weight, value · s · g rounded once (float64 reference)."""
+    qw = _random_nvfp4(72, k, seed=k)
+    values = nv_naive.e2m1_decode(nv_naive.unpack(qw.data)).double().reshape(72, -1, 16)
+    exact = (values * qw.block_scale.double()[..., None] * qw.global_scale.double()).reshape(72, -1)[:, :k]
+    out = nvfp4_linear(torch.eye(k), qw, backend="triton")  # fp32 out: no rounding but the one of the product
+    assert torch.equal(out, exact.t().float())
+    out = nvfp4_linear(torch.eye(k, dtype=torch.float16), qw, backend="triton")
+    assert torch.equal(out, exact.t().to(torch.float16))
+    # bf16 out: the interpreter's fp32 -> bf16 cast truncates (GPUs round): within one bf16 step
+    out = nvfp4_linear(torch.eye(k, dtype=torch.bfloat16), qw, backend="triton")
+    assert bool(((out.double() - exact.t()).abs() <= exact.t().abs() * 2.0**-7).all())
+
+
+@pytest.mark.parametrize("n,k", [(72, 100), (24, 40), (130, 16), (40, 192)])
 def test_nvfp4_dequant_kernel_bit_exact(interpret, n, k):
     _, w, _ = _data(1, k, n)
-    qw = NVFP4Weight.from_float(w)
-    out = nvfp4_dequantize(qw, torch.float32, backend="triton")
-    assert torch.equal(out, qw.dequantize())
+    for qw in (NVFP4Weight.from_float(w), _random_nvfp4(n, k, seed=n)):
+        out = nvfp4_dequantize(qw, torch.float32, backend="triton")
+        assert torch.equal(out, qw.dequantize())
     x = torch.randn(5, k)
     ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k)
     assert rel_err(nvfp4_linear(x, qw, backend="dequant"), ref) < 1e-5
 
 
-def test_nvfp4_kernel_bf16_activations(interpret):
-    x, w, b = _data(33, 80, 40)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nvfp4_kernel_16bit_activations(interpret, dtype):
+    x, w, b = _data(33, 80, 40, seed=7)
     qw = NVFP4Weight.from_float(w)
-    out = nvfp4_linear(x.bfloat16(), qw, b.bfloat16(), backend="triton")
-    assert out.dtype == torch.bfloat16
-    ref = nv_naive.nvfp4_linear_ref(x.bfloat16(), qw.data, qw.block_scale, qw.global_scale, 80, b.bfloat16())
-    assert rel_err(out, ref) < 1e-2  # the output is rounded to bf16
+    out = nvfp4_linear(x.to(dtype), qw, b.to(dtype), backend="triton")
+    assert out.dtype == dtype
+    ref = nv_naive.nvfp4_linear_ref(x.to(dtype), qw.data, qw.block_scale, qw.global_scale, 80, b.to(dtype))
+    assert rel_err(out, ref) < 1e-2  # the output is rounded to 16 bits
+    assert rel_err(out, ref.to(dtype)) < 1e-2
+
+
+def test_nvfp4_launch_configs():
+    from vidaccel.kernels.nvfp4 import wrapper
+
+    for m in (1, 16, 17, 64, 65, 256, 1023, 32760):
+        for arch in (90, 100):
+            c = wrapper.launch_config(m, arch)
+            # scale loads of >= 4 bytes per thread (pipelined cp.async, never byte loads)
+            assert c["BLOCK_N"] * c["BLOCK_K"] // 16 >= 4 * 32 * c["num_warps"], (m, arch, c)
+            assert c["BLOCK_M"] >= min(m, 64) or c["BLOCK_M"] >= 128
+    assert wrapper.launch_config(32760, 100)["BLOCK_M"] == 256 and wrapper.launch_config(32760, 90)["BLOCK_M"] == 128
+
+
+def test_nvfp4_pinned_config_is_validated(monkeypatch):
+    from vidaccel.kernels.nvfp4 import wrapper
+
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "128,128,64,4,4")
+    assert wrapper._pinned_config() == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4,
+                                            num_stages=4)
+    for bad in ("128,128,64", "128,128,48,4,4", "a,b,c,d,e", "128,128,64,3,4", "128,128,64,4,0"):
+        monkeypatch.setenv(wrapper.CONFIG_ENV, bad)
+        with pytest.raises(ValueError, match=f"{wrapper.CONFIG_ENV}=.*allowed"):
+            wrapper._pinned_config()
 
 
 def test_nvfp4_sqnr_floor():
