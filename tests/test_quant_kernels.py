@@ -7,7 +7,14 @@ import importlib.util
 import pytest
 import torch
 
-from vidaccel.kernels.fp8 import Fp8Weight, fp8_linear, quantize_per_token
+from vidaccel.kernels.fp8 import (
+    Fp8Activation,
+    Fp8ActivationCache,
+    Fp8Weight,
+    fp8_linear,
+    quantize_activation,
+    quantize_per_token,
+)
 from vidaccel.kernels.fp8 import naive as fp8_naive
 from vidaccel.kernels.nvfp4 import NVFP4Weight, nvfp4_dequantize, nvfp4_linear
 from vidaccel.kernels.nvfp4 import naive as nv_naive
@@ -45,9 +52,9 @@ def _data(m, k, n, seed=0):
 
 
 # -- FP8 ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("m,k,n", SHAPES + [(300, 192, 40)])
 def test_fp8_per_token_quant_kernel_bit_exact(interpret, m, k, n):
-    x, _, _ = _data(m, k, n)
+    x, _, _ = _data(m, k, n, seed=m * k)
     x[0, :] = 0.0  # an all-zero token
     q, s = quantize_per_token(x, backend="triton")
     q_ref, s_ref = fp8_naive.quantize_per_token(x)
@@ -55,7 +62,7 @@ def test_fp8_per_token_quant_kernel_bit_exact(interpret, m, k, n):
     assert torch.equal(s, s_ref)
 
 
-@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("m,k,n", SHAPES + [(70, 192, 40)])  # K % 64 == 0: the GEMM's EVEN_K path
 @pytest.mark.parametrize("bias", [True, False])
 def test_fp8_linear_backends_match_spec(interpret, m, k, n, bias):
     x, w, b = _data(m, k, n)
@@ -75,6 +82,75 @@ def test_fp8_linear_keeps_leading_dims_and_dtype():
     assert out.shape == (2, 7, 16) and out.dtype == torch.bfloat16
     ref = fp8_naive.fp8_linear_ref(x.bfloat16(), qw.data, qw.scale, b.bfloat16())
     assert rel_err(out.reshape(14, 16), ref) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fp8_quantized_activation_is_reused_exactly(interpret, backend):
+    x, w, b = _data(2 * 31, 72, 40, seed=11)
+    x = x.reshape(2, 31, 72)
+    weights = [Fp8Weight.from_float(w * s) for s in (1.0, 0.5, 2.0)]
+    xq = quantize_activation(x, backend=backend)
+    assert xq.shape == x.shape and xq.dtype == x.dtype and xq.data.shape == (62, 72)
+    for qw in weights:
+        once = fp8_linear(xq, qw, b, backend=backend)
+        each = fp8_linear(x, qw, b, backend=backend)
+        assert once.shape == (2, 31, 40) and once.dtype == x.dtype
+        assert torch.equal(once, each)
+    # one GEMM over the concatenated weight: the same numbers as the three apart (per-channel scales)
+    qkv = fp8_linear(xq, Fp8Weight.concat(weights), torch.cat([b, b, b]), backend=backend)
+    assert torch.equal(qkv, torch.cat([fp8_linear(xq, qw, b, backend=backend) for qw in weights], dim=-1))
+
+
+def test_fp8_activation_cache_quantizes_once_per_tensor(interpret):
+    x, w, b = _data(9, 48, 16, seed=5)
+    qw = Fp8Weight.from_float(w)
+    cache = Fp8ActivationCache(backend="triton")
+    outs = [fp8_linear(cache(x), qw, b, backend="triton") for _ in range(3)]
+    assert cache.quantizations == 1
+    assert all(torch.equal(o, fp8_linear(x, qw, b, backend="triton")) for o in outs)
+    x.mul_(2.0)  # modified in place: quantized again
+    assert torch.equal(fp8_linear(cache(x), qw, b, backend="triton"), fp8_linear(x, qw, b, backend="triton"))
+    assert cache.quantizations == 2
+    cache(x.clone())  # another tensor
+    assert cache.quantizations == 3
+    cache.reset()
+    assert cache.quantizations == 0
+
+
+def test_fp8_activation_api_rejects_bad_inputs():
+    qw = Fp8Weight.from_float(torch.randn(8, 16))
+    xq = quantize_activation(torch.randn(3, 16), backend="torch")
+    with pytest.raises(ValueError, match="activations='none' is not allowed with an Fp8Activation"):
+        fp8_linear(xq, qw, activations="none")
+    with pytest.raises(ValueError, match="expects 32"):
+        fp8_linear(xq, Fp8Weight.from_float(torch.randn(8, 32)))
+    with pytest.raises(ValueError, match="Fp8Activation.shape"):
+        Fp8Activation(xq.data, xq.scale, (4, 16), torch.float32)
+    with pytest.raises(ValueError, match="Fp8Activation.data"):
+        Fp8Activation(xq.data.float(), xq.scale, (3, 16), torch.float32)
+    with pytest.raises(ValueError, match="Fp8Activation.scale"):
+        Fp8Activation(xq.data, xq.scale[:2], (3, 16), torch.float32)
+    with pytest.raises(ValueError, match="x must be a floating-point"):
+        quantize_activation(torch.ones(3, 16, dtype=torch.int32))
+    with pytest.raises(ValueError, match="same in_features"):
+        Fp8Weight.concat([qw, Fp8Weight.from_float(torch.randn(8, 32))])
+    with pytest.raises(ValueError, match="at least one"):
+        Fp8Weight.concat([])
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        Fp8ActivationCache(backend="cuda")
+
+
+def test_fp8_pinned_config_runs_and_is_validated(interpret, monkeypatch):
+    from vidaccel.kernels.fp8 import wrapper
+
+    x, w, b = _data(40, 100, 72, seed=2)
+    qw = Fp8Weight.from_float(w)
+    ref = fp8_naive.fp8_linear_ref(x, qw.data, qw.scale, b)
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,32,4,2")
+    assert rel_err(fp8_linear(x, qw, b, backend="triton"), ref) < 1e-5
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,24,4,2")
+    with pytest.raises(ValueError, match="VIDACCEL_FP8_CONFIG='16,32,24,4,2' is not allowed"):
+        fp8_linear(x, qw, b, backend="triton")
 
 
 def test_fp8_sqnr_floors():
@@ -282,16 +358,22 @@ def test_nvfp4_launch_configs():
     assert wrapper.launch_config(32760, 100)["BLOCK_M"] == 256 and wrapper.launch_config(32760, 90)["BLOCK_M"] == 128
 
 
-def test_nvfp4_pinned_config_is_validated(monkeypatch):
+def test_nvfp4_pinned_config_is_validated(interpret, monkeypatch):
     from vidaccel.kernels.nvfp4 import wrapper
 
+    x, w, b = _data(40, 100, 72, seed=4)
+    qw = NVFP4Weight.from_float(w)
+    ref = nv_naive.nvfp4_linear_ref(x.bfloat16().float(), qw.data, qw.block_scale, qw.global_scale, 100, b)
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,16,4,2")  # one scale block per step, 16-token tiles
+    assert rel_err(nvfp4_linear(x, qw, b, backend="triton"), ref) < 1e-5
+
     monkeypatch.setenv(wrapper.CONFIG_ENV, "128,128,64,4,4")
-    assert wrapper._pinned_config() == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4,
+    assert wrapper.pinned_config(wrapper.CONFIG_ENV) == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4,
                                             num_stages=4)
     for bad in ("128,128,64", "128,128,48,4,4", "a,b,c,d,e", "128,128,64,3,4", "128,128,64,4,0"):
         monkeypatch.setenv(wrapper.CONFIG_ENV, bad)
         with pytest.raises(ValueError, match=f"{wrapper.CONFIG_ENV}=.*allowed"):
-            wrapper._pinned_config()
+            wrapper.pinned_config(wrapper.CONFIG_ENV)
 
 
 def test_nvfp4_sqnr_floor():

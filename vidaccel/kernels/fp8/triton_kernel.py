@@ -46,7 +46,7 @@ def quant_per_token_kernel(
         bad += tl.reduce(nonfinite.to(tl.int32), 1, _SUM)
         amax = tl.maximum(amax, tl.reduce(tl.where(nonfinite, 0.0, ax), 1, _MAX))
     amax = tl.where((bad > 0) | (amax == 0.0), 1.0, amax)
-    inv = FP8_MAX / amax
+    inv = FP8_MAX * tl.math.div_rn(1.0, amax)  # the spec's rounding: a correctly rounded reciprocal, then x448
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         mask = row_ok[:, None] & (cols < K)[None, :]
@@ -75,10 +75,17 @@ def fp8_gemm_kernel(
     a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, PROMOTE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """``c[M, N] = (a[M, K] @ b[N, K]^T) * sa[M, None] * sb[None, N] (+ bias)``; a, b e4m3, fp32 accumulate."""
+    """``c[M, N] = (a[M, K] @ b[N, K]^T) * sa[M, None] * sb[None, N] (+ bias)``; a, b e4m3, fp32 accumulate.
+
+    ``PROMOTE_K``: K elements the tensor core may sum in its own (reduced-precision) FP8 accumulator before the
+    partial sum is added to the fp32 accumulator in registers (``max_num_imprecise_acc``; Hopper sums FP8
+    products with ~14 significant bits, DeepSeek-V3 promotes every 128). It must divide ``BLOCK_K``; Blackwell's
+    tcgen05 accumulates in fp32 and ignores it. ``EVEN_K``: ``K % BLOCK_K == 0``, no K masks.
+    """
+    tl.static_assert(BLOCK_K % PROMOTE_K == 0, "PROMOTE_K must divide BLOCK_K")
     pid = tl.program_id(0)
     num_m = (M + BLOCK_M - 1) // BLOCK_M
     num_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -93,11 +100,15 @@ def fp8_gemm_kernel(
     acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak,
-                    mask=(rm < M)[:, None] & (rk < K)[None, :], other=0.0)
-        b = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :] * stride_bk,
-                    mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc)
+        if EVEN_K:
+            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak, mask=(rm < M)[:, None], other=0.0)
+            b = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :] * stride_bk, mask=(rn < N)[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak,
+                        mask=(rm < M)[:, None] & (rk < K)[None, :], other=0.0)
+            b = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :] * stride_bk,
+                        mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=PROMOTE_K)
     sa = tl.load(sa_ptr + rm, mask=rm < M, other=1.0)
     sb = tl.load(sb_ptr + rn, mask=rn < N, other=1.0)
     acc = acc * sa[:, None] * sb[None, :]

@@ -27,6 +27,7 @@ import torch
 
 from .. import backend_names
 from .._backend import check_linear_input, kernel_module, triton_available, triton_interpreting
+from .._pinned import pinned_config
 from . import naive
 
 __all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUANT_MIN_M"]
@@ -118,22 +119,6 @@ def nvfp4_dequantize(qweight: NVFP4Weight, dtype: torch.dtype = torch.bfloat16, 
     return out
 
 
-def _pinned_config() -> dict | None:
-    raw = os.environ.get(CONFIG_ENV)
-    if raw is None or raw.strip() == "":
-        return None
-    allowed = ("five comma-separated ints BLOCK_M,BLOCK_N,BLOCK_K,num_warps,num_stages; BLOCK_M, BLOCK_N powers "
-               "of two >= 16, BLOCK_K a power of two >= 16, num_warps in 1, 2, 4, 8, 16, num_stages in 1..8")
-    try:
-        bm, bn, bk, warps, stages = (int(v) for v in raw.split(","))
-    except ValueError:
-        raise ValueError(f"{CONFIG_ENV}={raw!r} is not allowed; allowed: {allowed}") from None
-    pow2 = all(v >= 16 and v & (v - 1) == 0 for v in (bm, bn, bk))
-    if not (pow2 and warps in (1, 2, 4, 8, 16) and 1 <= stages <= 8):
-        raise ValueError(f"{CONFIG_ENV}={raw!r} is not allowed; allowed: {allowed}")
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
-
-
 def launch_config(m: int, arch: int = 90) -> dict:
     """Launch configuration of the fused kernel for ``m`` tokens on compute capability ``arch`` (90 = sm_90).
 
@@ -153,11 +138,11 @@ def launch_config(m: int, arch: int = 90) -> dict:
 
 
 def _blocks(m: int, device: torch.device) -> dict:
-    if triton_interpreting():  # big tiles: the interpreter's cost is per program, not per element
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8)
-    pinned = _pinned_config()
+    pinned = pinned_config(CONFIG_ENV)
     if pinned is not None:
         return pinned
+    if triton_interpreting():  # big tiles: the interpreter's cost is per program, not per element
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8)
     major, minor = torch.cuda.get_device_capability(device)
     return launch_config(m, 10 * major + minor)
 
