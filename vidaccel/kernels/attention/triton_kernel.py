@@ -262,3 +262,78 @@ def aot_compile(dtype: str = "bf16", *, sparse: bool = True, unit: int = 256, he
     names = list(_attn_fwd.arg_names)
     src = ASTSource(fn=_attn_fwd, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+# -- static GPU report (vidaccel.kernels.static) -------------------------------------------------------------------
+#: Real shapes: (label, batch, heads, head dim, token grid after patching, text tokens, window in tokens).
+STATIC_MODELS = (
+    ("wan480p", 1, 12, 128, (21, 30, 52), 0, (12, 16, 24)),    # Wan2.1-1.3B, 480x832 x 81 frames
+    ("wan720p", 1, 12, 128, (21, 45, 80), 0, (12, 24, 32)),    # Wan2.1, 720x1280 x 81 frames
+    ("cogvideox5b", 2, 48, 64, (13, 30, 45), 226, (8, 16, 24)),  # CogVideoX-5B, 480x720 x 49 frames, CFG batch 2
+)
+
+
+def _contiguous_strides(shape):
+    out, s = [], 1
+    for n in reversed(shape):
+        out.append(s)
+        s *= n
+    return tuple(reversed(out))
+
+
+def static_cases() -> list:
+    """Every config the wrapper's autotuner can pick, dense and block-sparse, at Wan 480p / 720p and CogVideoX-5B
+    shapes (bf16), plus the fp32 and log-sum-exp launches; see :mod:`vidaccel.kernels.static`."""
+    from ..static import StaticCase, T
+    from .layout import tile_plan
+    from .wrapper import default_tile
+
+    cases = []
+    for label, B, H, D, grid, text, window in STATIC_MODELS:
+        block_d = max(16, triton.next_power_of_2(D))
+        for sparse in (False, True):
+            if sparse:
+                plan = tile_plan(grid, window, default_tile(grid), text, align=64)
+                L, unit, has_valid, table_stride = plan.length, plan.unit, plan.has_padding, plan.table.stride(0)
+                shape = (f"B={B} H={H} D={D} grid={grid} text={text}: tile {plan.tile}, {L} positions for "
+                         f"{text + math.prod(grid)} tokens, window {window}")
+            else:
+                L, unit, has_valid, table_stride = text + math.prod(grid), 0, False, 0
+                shape = f"B={B} L={L} H={H} D={D}"
+            for dtype in ((torch.bfloat16, torch.float32) if label == "wan480p" else (torch.bfloat16,)):
+                s = _contiguous_strides((B, L, H, D))[:3]
+                x = T(dtype)
+                args = (x, x, x, x, T(torch.float32), T(torch.int8) if has_valid else T(torch.int32),
+                        T(torch.int32), T(torch.int32), *s, *s, *s, *s, H, L, L, D, table_stride,
+                        D**-0.5 * math.log2(math.e))
+                fp32 = dtype == torch.float32
+                meta = dict(UNIT=unit, SPARSE=sparse, HAS_VALID=has_valid, EVEN_D=D == block_d, UPCAST=fp32,
+                            RETURN_LSE=False, DOT_PREC="ieee" if fp32 else "tf32", BLOCK_D=block_d)
+                configs = prune_configs(AUTOTUNE_CONFIGS, unit, block_d)
+                for i, c in enumerate(configs[:1] if fp32 else configs):
+                    c, warps, stages = _split(c)
+                    kind = "block_sparse" if sparse else "dense"
+                    name = (f"attention/{kind}/{label}/bm{c['BLOCK_M']}n{c['BLOCK_N']}w{warps}s{stages}"
+                            + ("/fp32" if fp32 else ""))
+                    main = label == "wan480p" and i == 0 and not fp32
+                    cases.append(StaticCase(
+                        name=name, kernel=_attn_fwd, args=args,
+                        kwargs=dict(meta, **c, num_warps=warps, num_stages=stages), main=main,
+                        expect=dict(no_spills=True, mma=True, stages_ahead=2) if main else {},
+                        shape=shape + (" fp32" if fp32 else " bf16")))
+    return cases
+
+
+def static_notes() -> str:
+    """Markdown: tile padding of the block-sparse layout at the default tile of each real grid."""
+    from .layout import tile_plan
+    from .wrapper import default_tile
+
+    lines = ["### Tile padding (block-sparse layout, CUDA alignment 64)\n",
+             "| model | grid | text | tile | unit | positions | tokens | padding |", "|---|---|---|---|---|---|---|---|"]
+    for label, _, _, _, grid, text, window in STATIC_MODELS:
+        plan = tile_plan(grid, window, default_tile(grid), text, align=64)
+        tokens = text + math.prod(grid)
+        lines.append(f"| {label} | {'×'.join(map(str, grid))} | {text} | {'×'.join(map(str, plan.tile))} | {plan.unit} "
+                     f"| {plan.length:,} | {tokens:,} | +{100 * (plan.length / tokens - 1):.1f} % |")
+    return "\n".join(lines) + "\n"
