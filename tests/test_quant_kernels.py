@@ -352,8 +352,8 @@ def test_nvfp4_launch_configs():
     for m in (1, 16, 17, 64, 65, 256, 1023, 32760):
         for arch in (90, 100):
             c = wrapper.launch_config(m, arch)
-            # scale loads of >= 4 bytes per thread (pipelined cp.async, never byte loads)
-            assert c["BLOCK_N"] * c["BLOCK_K"] // 16 >= 4 * 32 * c["num_warps"], (m, arch, c)
+            assert c["BLOCK_K"] % 64 == 0, (m, arch, c)  # block scales load as int32 words at model shapes
+            assert c["num_stages"] >= 3, (m, arch, c)  # loads issued at least one iteration ahead
             assert c["BLOCK_M"] >= min(m, 64) or c["BLOCK_M"] >= 128
     assert wrapper.launch_config(32760, 100)["BLOCK_M"] == 256 and wrapper.launch_config(32760, 90)["BLOCK_M"] == 128
 

@@ -117,3 +117,47 @@ def fp8_gemm_kernel(
         acc = acc + bias.to(tl.float32)[None, :]
     tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
              mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+#: Real GEMMs (label, tokens M, in-features K, out-features N): Wan2.1-1.3B at 480p x 81 frames and CogVideoX-5B
+#: with CFG (see vidaccel/kernels/nvfp4/triton_kernel.py). Small M: single-prompt, short or tiled calls.
+STATIC_GEMMS = (
+    ("wan1.3b/qkvo", 32760, 1536, 1536), ("wan1.3b/ffn_up", 32760, 1536, 8960),
+    ("wan1.3b/ffn_down", 32760, 8960, 1536), ("cogvideox5b/qkvo", 35552, 3072, 3072),
+    ("cogvideox5b/ffn_up", 35552, 3072, 12288), ("cogvideox5b/ffn_down", 35552, 12288, 3072),
+)
+STATIC_SMALL_M = (1, 64, 256)
+
+
+def static_cases() -> list:
+    """Every launch the wrappers can pick at real shapes: per-token quantization for each K (one row per program,
+    the whole row in registers) and the GEMM with :func:`~vidaccel.kernels.fp8.wrapper.gemm_config` at M = 32,760,
+    1, 64, 256 (Wan2.1-1.3B) and 35,552 (CogVideoX-5B); see :mod:`vidaccel.kernels.static`."""
+    import torch
+
+    from ..static import StaticCase, T
+    from .wrapper import PROMOTE_K, gemm_config, quant_config
+
+    e4m3 = torch.float8_e4m3fn
+    cases = []
+    for k, m in sorted({(k, m) for _, m, k, _ in STATIC_GEMMS}):
+        c = quant_config(k)
+        args = (T(torch.bfloat16), T(e4m3), T(torch.float32), m, k, k, 1, k, 1)
+        cases.append(StaticCase(
+            name=f"fp8/quant_per_token/K{k}/M{m}/bk{c['BLOCK_K']}w{c['num_warps']}", kernel=quant_per_token_kernel,
+            args=args, kwargs=dict(FP8_MAX=448.0, **c), shape=f"M={m} K={k}, x bf16"))
+    for label, m_real, k, n in STATIC_GEMMS:
+        for m in (m_real,) + (STATIC_SMALL_M if label.startswith("wan") else ()):
+            c = gemm_config(m)
+            warps, stages = c.pop("num_warps"), c.pop("num_stages")
+            args = (T(e4m3), T(e4m3), T(torch.float32), T(torch.float32), T(torch.bfloat16), T(torch.bfloat16),
+                    m, n, k, k, 1, k, 1, n, 1)
+            kwargs = dict(HAS_BIAS=True, EVEN_K=k % c["BLOCK_K"] == 0, PROMOTE_K=min(PROMOTE_K, c["BLOCK_K"]), **c,
+                          num_warps=warps, num_stages=stages)
+            main = label == "wan1.3b/ffn_down" and m == m_real
+            cases.append(StaticCase(
+                name=f"fp8/gemm/{label}/M{m}/bm{c['BLOCK_M']}n{c['BLOCK_N']}k{c['BLOCK_K']}w{warps}s{stages}",
+                kernel=fp8_gemm_kernel, args=args, kwargs=kwargs, main=main,
+                expect=dict(no_spills=True, mma=True, max_issue_tensor=1.0) if main else {},
+                shape=f"M={m} K={k} N={n}, e4m3 x e4m3, promoted every {min(PROMOTE_K, c['BLOCK_K'])} K"))
+    return cases

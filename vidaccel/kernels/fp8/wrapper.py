@@ -240,16 +240,23 @@ def quantize_per_token(x: torch.Tensor, backend: str = "auto") -> tuple[torch.Te
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
-    # interpreter: many rows per program (its cost is per program); GPU: one row per program, and the whole
-    # row in one tile up to K = 16384 (read once: SINGLE_PASS)
-    block_m = 64 if triton_interpreting() else 1
-    block_k = min(max(16, 1 << (k - 1).bit_length()), 64 if triton_interpreting() else 16384)
-    launch = {} if triton_interpreting() else {"num_warps": 4 if block_k <= 2048 else 8 if block_k <= 8192 else 16}
-    kernels().quant_per_token_kernel[(triton_cdiv(m, block_m),)](
-        x, q, s, m, k, x.stride(0), x.stride(1), q.stride(0), q.stride(1),
-        FP8_MAX=naive.FP8_MAX, BLOCK_M=block_m, BLOCK_K=block_k, SINGLE_PASS=k <= block_k, **launch,
+    if triton_interpreting():  # many rows per program: the interpreter's cost is per program
+        block_k = min(max(16, 1 << (k - 1).bit_length()), 64)
+        c = dict(BLOCK_M=64, BLOCK_K=block_k, SINGLE_PASS=k <= block_k)
+    else:
+        c = quant_config(k)
+    kernels().quant_per_token_kernel[(triton_cdiv(m, c["BLOCK_M"]),)](
+        x, q, s, m, k, x.stride(0), x.stride(1), q.stride(0), q.stride(1), FP8_MAX=naive.FP8_MAX, **c,
     )
     return q, s
+
+
+def quant_config(k: int) -> dict:
+    """GPU launch of the per-token quantization for rows of ``k`` values: one row per program, the whole row in
+    one tile up to K = 16384 (read from memory once: ``SINGLE_PASS``)."""
+    block_k = min(max(16, 1 << (k - 1).bit_length()), 16384)
+    warps = 4 if block_k <= 2048 else 8 if block_k <= 8192 else 16
+    return dict(BLOCK_M=1, BLOCK_K=block_k, SINGLE_PASS=k <= block_k, num_warps=warps)
 
 
 _SCALED_MM_FAILED: set[tuple[str, int | None]] = set()

@@ -122,18 +122,17 @@ def nvfp4_dequantize(qweight: NVFP4Weight, dtype: torch.dtype = torch.bfloat16, 
 def launch_config(m: int, arch: int = 90) -> dict:
     """Launch configuration of the fused kernel for ``m`` tokens on compute capability ``arch`` (90 = sm_90).
 
-    Each config loads at least 4 bytes of block scales per thread per step (``BLOCK_N · BLOCK_K / 16 >=
-    4 · 32 · num_warps``), so the scale loads are pipelined ``cp.async`` like the weights, never byte loads.
     ``M <= 64``: memory-bound, one token tile (16 / 32 / 64 rows) and 64 weight rows per program. Larger ``M``:
-    128×128×64 with one warpgroup (241 registers: two programs per SM, so one's decode overlaps the other's
-    MMA); on sm_100+ and ``M >= 1024``, 256×128×128 with two warpgroups, which halves the decode per MMA for
-    Blackwell's 2× faster tensor cores. Static figures: benchmarks/results/gpu_static_quant_linear.md.
+    128×128×64 with one warpgroup (237 registers: two programs per SM, so one's decode overlaps the other's
+    MMA); on sm_100+ and ``M >= 1024``, 256×128×64 with two warpgroups (the accumulator lives in tensor memory),
+    which halves the decode per MMA for Blackwell's 2× faster tensor cores. ``BLOCK_K`` is a multiple of 64, so at
+    model shapes the block scales load as int32 words. Static figures: benchmarks/results/gpu_static_quant_linear.md.
     """
     if m <= 64:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
     if arch >= 100 and m >= 1024:
-        return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=2)
+        return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
 
 
@@ -148,7 +147,8 @@ def _blocks(m: int, device: torch.device) -> dict:
 
 
 def _words(data: torch.Tensor) -> torch.Tensor:
-    """The packed ``[N, Kp/2]`` uint8 codes as int32 words ``[N, Kp/8]`` (8 codes each), a view when possible."""
+    """uint8 ``[N, C]`` (``C % 4 == 0``) as int32 words ``[N, C / 4]``, a view when possible: the packed codes
+    (8 per word) or the block scales (4 per word)."""
     if data.stride(1) != 1 or data.stride(0) % 4 or data.storage_offset() % 4:
         data = data.contiguous()
     return data.view(torch.int32)
@@ -199,14 +199,16 @@ def nvfp4_linear(x: torch.Tensor, qweight: NVFP4Weight, bias: torch.Tensor | Non
         x2 = x2.to(torch.bfloat16)
     kp = naive.padded_k(k)
     words = _words(qweight.data)
-    scales = qweight.block_scale if qweight.block_scale.stride(1) == 1 else qweight.block_scale.contiguous()
+    scale_words = (kp // 16) % 4 == 0 and blocks["BLOCK_K"] % 64 == 0
+    scales = _words(qweight.block_scale.view(torch.uint8)) if scale_words else (
+        qweight.block_scale if qweight.block_scale.stride(1) == 1 else qweight.block_scale.contiguous())
     grid = (-(-m // blocks["BLOCK_M"]) * -(-n // blocks["BLOCK_N"]),)
     g = qweight.global_scale.reshape(1)
     kernels().nvfp4_w4a16_kernel[grid](
         x2, words, scales, g, bias if bias is not None else g, c,
         m, n, k, kp // 8, kp // 16, x2.stride(0), x2.stride(1), words.stride(0), scales.stride(0),
         c.stride(0), c.stride(1),
-        HAS_BIAS=bias is not None, EVEN_K=k % blocks["BLOCK_K"] == 0,
+        HAS_BIAS=bias is not None, EVEN_K=k % blocks["BLOCK_K"] == 0, SCALE_WORDS=scale_words,
         DOT_F32=triton_interpreting(),  # the interpreter's bf16 tl.dot is wrong
         **blocks,
     )
