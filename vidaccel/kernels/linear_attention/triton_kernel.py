@@ -44,11 +44,12 @@ _sum_combine = tl.standard._sum_combine
 _max_combine = tl.standard._elementwise_max
 
 #: Launch parameters (data). Given-feature kernels: tokens per block in the state / output kernel, max feature block.
-#: Fused kernels: tokens per block in the state / output kernel (32: the feature map's fp32 tiles stay in registers
-#: without spilling), query blocks per output program (which loads the chunk's state and Hedgehog's weights once
-#: for them). Both: tokens per state split, warps.
-LAUNCH = dict(BLOCK_L=64, BLOCK_LQ=64, MAX_BLOCK_F=128, FUSED_BLOCK_L=32, FUSED_BLOCK_LQ=32, QBLOCKS=8, SPLIT=4096,
-              num_warps=8)
+#: Fused kernels: tokens per block in the state kernel and, per feature map, in the output kernel (the sizes at which
+#: the feature map's fp32 tiles stay in registers without spilling, fewest instructions per token in the static
+#: report), query blocks per output program (which loads the chunk's state and Hedgehog's weights once for them).
+#: Both: tokens per state split, warps.
+LAUNCH = dict(BLOCK_L=64, BLOCK_LQ=64, MAX_BLOCK_F=128, FUSED_BLOCK_L=32,
+              FUSED_BLOCK_LQ={"hedgehog": 32, "elu": 16, "relu": 16}, QBLOCKS=8, SPLIT=4096, num_warps=8)
 #: Feature maps the fused kernels compute in registers
 FEATURE_CODES = {"elu": 1, "relu": 2, "hedgehog": 3}
 _NEG = tl.constexpr(-1.0e30)  # masked logits (finite: a fully-masked row must not give NaN)
@@ -511,7 +512,7 @@ def linear_attention_fused_triton(q, k, v, *, feature: str, weight=None, bias=No
         num_warps=p["num_warps"])
     S, Z = _finish_state(S, Z, causal, n_chunks, dot)
     o = torch.empty(B, L, H, D, dtype=v.dtype, device=dev)
-    blq = p["FUSED_BLOCK_LQ"]
+    blq = p["FUSED_BLOCK_LQ"][feature]
     n_prog = triton.cdiv(triton.cdiv(chunk, blq), p["QBLOCKS"])
     _fused_output_kernel[(B * H, n_chunks * n_prog)](
         q, we, wo, be, bo, cos, sin, S, Z, o, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1),
@@ -547,9 +548,12 @@ def static_cases() -> list:
     for label, B, H, D, L, per_frame in STATIC_MODELS:
         bd, P = _pow2(D, 32), D // 2
         xs = _strides(B, L, H, D)[:3]
-        variants = [("hedgehog_rope", 3, True), ("elu_rope", 1, True)] if label == "wan480p" else [("hedgehog_rope", 3, True)]
+        variants = [("hedgehog_rope", 3, True), ("elu_rope", 1, True), ("relu_rope", 2, True), ("hedgehog", 3, False)]
+        if label != "wan480p":
+            variants = variants[:1]
+        names = {v: k for k, v in FEATURE_CODES.items()}
         for vname, code, rope in variants:
-            for causal in (False, True):
+            for causal in ((False, True) if vname in ("hedgehog_rope", "elu_rope") else (False,)):
                 chunk = 3 * per_frame if causal else L
                 n_chunks, split, n_splits = _splits(L, chunk, p, p["FUSED_BLOCK_L"])
                 mode = f"causal{chunk}" if causal else "bidirectional"
@@ -563,13 +567,14 @@ def static_cases() -> list:
                     args=args, kwargs=dict(FEATURE=code, ROPE=rope, DOT_DTYPE=tl.bfloat16, DOT_F32=False,
                                            BLOCK_L=p["FUSED_BLOCK_L"], BLOCK_D=bd, num_warps=p["num_warps"]),
                     main=main, expect=dict(no_spills=True, mma=True, stages_ahead=1) if main else {}, shape=shape))
-                n_prog = triton.cdiv(triton.cdiv(chunk, p["FUSED_BLOCK_LQ"]), p["QBLOCKS"])
+                blq = p["FUSED_BLOCK_LQ"][names[code]]
+                n_prog = triton.cdiv(triton.cdiv(chunk, blq), p["QBLOCKS"])
                 args = (T(bf16), T(bf16), T(bf16), T(f32), T(f32), T(f16), T(f16), T(bf16), T(f32), T(bf16),
                         *xs, *xs, P, H, L, D, P, chunk, n_chunks, n_prog, 1e-6)
                 cases.append(StaticCase(
                     name=f"linear_attention/fused_output/{label}/{vname}/{mode}", kernel=_fused_output_kernel,
                     args=args, kwargs=dict(FEATURE=code, ROPE=rope, DOT_DTYPE=tl.bfloat16, DOT_F32=False,
-                                           BLOCK_L=p["FUSED_BLOCK_LQ"], BLOCK_D=bd, num_warps=p["num_warps"]),
+                                           BLOCK_L=blq, BLOCK_D=bd, num_warps=p["num_warps"]),
                     main=main, expect=dict(no_spills=True, mma="any", stages_ahead=1) if main else {}, shape=shape))
         if label != "wan480p":
             continue
@@ -578,17 +583,108 @@ def static_cases() -> list:
         fs = _strides(B, L, H, Fdim)[:3]
         n_chunks, split, n_splits = _splits(L, L, p, p["BLOCK_L"])
         bf = min(_pow2(Fdim), p["MAX_BLOCK_F"])
-        for fdt in (bf16, f32):
-            shape = f"B={B} L={L} H={H} D={D} F={Fdim} bidirectional, {str(fdt)[6:]} features, numerator != denominator"
+        for fdt, same in ((bf16, False), (f32, False), (bf16, True)):
+            tag = str(fdt)[6:] + ("_same_den" if same else "")
+            shape = (f"B={B} L={L} H={H} D={D} F={Fdim} bidirectional, {str(fdt)[6:]} features, "
+                     + ("denominator = numerator" if same else "numerator != denominator"))
             args = (T(fdt), T(bf16), T(fdt), T(f32), T(f32), *fs, *xs, *fs, H, L, Fdim, D, L, split, n_splits,
                     n_chunks)
-            meta = dict(SAME_DEN=False, DOT_DTYPE=tl.bfloat16, DOT_F32=False, BLOCK_F=bf, BLOCK_D=_pow2(D),
+            meta = dict(SAME_DEN=same, DOT_DTYPE=tl.bfloat16, DOT_F32=False, BLOCK_F=bf, BLOCK_D=_pow2(D),
                         num_warps=p["num_warps"])
-            cases.append(StaticCase(name=f"linear_attention/state/{label}/features_{str(fdt)[6:]}",
+            cases.append(StaticCase(name=f"linear_attention/state/{label}/features_{tag}",
                                     kernel=_state_kernel, args=args, kwargs=dict(meta, BLOCK_L=p["BLOCK_L"]),
                                     shape=shape))
             args = (T(fdt), T(fdt), T(bf16), T(f32), T(bf16), *fs, *fs, *xs, H, L, Fdim, D, L, n_chunks, 1e-6)
-            cases.append(StaticCase(name=f"linear_attention/output/{label}/features_{str(fdt)[6:]}",
+            cases.append(StaticCase(name=f"linear_attention/output/{label}/features_{tag}",
                                     kernel=_output_kernel, args=args, kwargs=dict(meta, BLOCK_L=p["BLOCK_LQ"]),
                                     shape=shape))
     return cases
+
+
+def bytes_moved(B: int, L: int, H: int, D: int, *, feature: str = "hedgehog", rope: bool = True,
+                causal_chunk: int | None = None, launch: dict | None = None) -> dict:
+    """Global-memory bytes one :func:`linear_attention_fused_triton` call loads and stores, from its kernels' tile
+    loads at ``LAUNCH`` (bf16 q/k/v and output, fp16 RoPE tables).
+
+    Returns ``{"stream": bytes, "resident": bytes}`` per kernel and in total: ``stream`` = q, k, v, the output and
+    the partial states (read from / written to DRAM), ``resident`` = re-reads of small data shared by many
+    programs (the RoPE tables, shared by the heads; each head's state and Hedgehog weights), which stay in L2.
+    """
+    p = dict(LAUNCH, **(launch or {}))
+    groups = 2 if feature == "hedgehog" else 1
+    F, P, bh = groups * D, D // 2, B * H
+    chunk = causal_chunk or L
+    n_chunks, _, n_splits = _splits(L, chunk, p, p["FUSED_BLOCK_L"])
+    tokens = B * L * H  # token-heads
+    table = L * P * 2 * 2 if rope else 0  # cos + sin rows, fp16, per head that reads them
+    w = 4 * D * P * 2 + 2 * P * 4 if feature == "hedgehog" else 0  # W hi/lo even/odd bf16, biases fp32
+    state_progs = bh * n_chunks * n_splits * groups
+    state = {"stream": groups * tokens * D * 2 * 2 + bh * n_chunks * n_splits * F * (D + 1) * 4,
+             "resident": groups * bh * table + state_progs * w}
+    n_prog = triton.cdiv(triton.cdiv(chunk, p["FUSED_BLOCK_LQ"][feature]), p["QBLOCKS"])
+    out_progs = bh * n_chunks * n_prog
+    output = {"stream": tokens * D * 2 * 2,
+              "resident": bh * table + out_progs * (F * D * 2 + F * 4 + w)}
+    # between the kernels (torch): sum of the splits (and prefix over chunks), state rounded to 16 bits
+    finish = {"stream": bh * n_chunks * n_splits * F * (D + 1) * 4 + bh * n_chunks * F * (D * 2 + 4), "resident": 0}
+    total = {k: state[k] + output[k] + finish[k] for k in ("stream", "resident")}
+    return {"state": state, "finish": finish, "output": output, "total": total}
+
+
+def bytes_moved_given(B: int, L: int, H: int, D: int, F: int, *, feature_bytes: int = 2, same_den: bool = False,
+                      launch: dict | None = None) -> dict:
+    """The same figure for :func:`linear_attention_triton` (given feature tensors ``[B, L, H, F]`` of
+    ``feature_bytes`` per value; ``same_den``: no separate denominator features), bidirectional."""
+    p = dict(LAUNCH, **(launch or {}))
+    tokens, bh = B * L * H, B * H
+    bf = min(_pow2(F), p["MAX_BLOCK_F"])
+    n_f = triton.cdiv(F, bf)
+    _, _, n_splits = _splits(L, L, p, p["BLOCK_L"])
+    feats = (1 if same_den else 2) * tokens * F * feature_bytes  # numerator (+ denominator) features, once each
+    state = {"stream": feats + n_f * tokens * D * 2 + bh * n_splits * F * (D + 1) * 4, "resident": 0}
+    output = {"stream": feats + tokens * D * 2,
+              "resident": bh * triton.cdiv(L, p["BLOCK_LQ"]) * F * (D * 2 + 4)}
+    finish = {"stream": bh * n_splits * F * (D + 1) * 4 + bh * F * (D * 2 + 4), "resident": 0}
+    total = {k: state[k] + output[k] + finish[k] for k in ("stream", "resident")}
+    return {"state": state, "finish": finish, "output": output, "total": total}
+
+
+def bytes_moved_before_fusion(B: int, L: int, H: int, D: int, F: int) -> dict:
+    """The same figure for the kernels this op had before (kept as the reference of the static report): fp32
+    feature tensors ``[B, L, H, F]`` (rotated numerator and plain denominator for q and k), bf16 v and output,
+    TF32 dots, feature block 64 and value block 64 per program, so the state kernel read k once per value block
+    and v once per feature block, the output kernel q and q_den once per value block and the state once per
+    64-query block and value block."""
+    tokens = B * L * H
+    n_f, n_d = triton.cdiv(F, 64), triton.cdiv(D, 64)
+    splits = triton.cdiv(L, 4096)
+    state = {"stream": n_d * tokens * F * 4 + n_f * tokens * D * 2 + tokens * F * 4
+             + B * H * splits * F * (D + 1) * 4, "resident": 0}
+    output = {"stream": 2 * n_d * tokens * F * 4 + tokens * D * 2,
+              "resident": B * H * triton.cdiv(L, 64) * n_d * F * (64 + 1) * 4}
+    total = {k: state[k] + output[k] for k in ("stream", "resident")}
+    return {"state": state, "output": output, "total": total}
+
+
+def static_notes() -> str:
+    """Markdown: bytes moved per layer call at Wan 480p, before and after (computed from the kernels' loads)."""
+    B, L, H, D = 1, 32760, 12, 128
+    before = bytes_moved_before_fusion(B, L, H, D, 2 * D)
+    rows = [("before: given fp32 Hedgehog features (rotated + plain), TF32", before),
+            ("after: given fp32 features (rotated + plain), bf16 MMA", bytes_moved_given(B, L, H, D, 2 * D,
+                                                                                        feature_bytes=4)),
+            ("after: given bf16 features (rotated + plain), bf16 MMA", bytes_moved_given(B, L, H, D, 2 * D))]
+    for feature, rope in (("hedgehog", True), ("elu", True)):
+        rows.append((f"after: fused {feature}{' + RoPE' if rope else ''}, bf16 q/k/v",
+                     bytes_moved(B, L, H, D, feature=feature, rope=rope)))
+    lines = ["### Bytes moved per layer call (Wan2.1-1.3B 480p x 81: 32,760 tokens, 12 heads x 128, bidirectional)\n",
+             "From each kernel's tile loads and stores at its launch parameters; `stream` = q/k/v/features/output/"
+             "partial states (DRAM), `resident` = re-reads of per-head state, weights and per-position RoPE tables "
+             "(L2-resident). The torch passes that produced the four fp32 feature tensors before (at least "
+             f"{4 * B * L * H * 2 * D * 4 / 1e9:.2f} GB written and read again) are not in the before figure.\n",
+             "| path | state kernel stream | output kernel stream | total stream | total L2-resident re-reads |",
+             "|---|---|---|---|---|"]
+    for label, r in rows:
+        lines.append(f"| {label} | {r['state']['stream'] / 1e6:,.0f} MB | {r['output']['stream'] / 1e6:,.0f} MB | "
+                     f"{r['total']['stream'] / 1e6:,.0f} MB | {r['total']['resident'] / 1e6:,.0f} MB |")
+    return "\n".join(lines) + "\n"

@@ -34,9 +34,10 @@ __all__ = ["NVFP4Weight", "nvfp4_linear", "nvfp4_dequantize", "BACKENDS", "DEQUA
 
 BACKENDS = backend_names.NVFP4
 #: token count from which ``backend="auto"`` dequantizes once and calls cuBLAS. An estimate from the static
-#: report (benchmarks/results/gpu_static_quant_linear.md), not a timing: below it the GEMM is memory-bound or
-#: small and the fused kernel reads 4.6x fewer weight bytes; above it the dequantization pass costs under ~35 %
-#: of the GEMM's tensor time, which is the fused kernel's decode overhead when its decode and MMA do not overlap.
+#: bound, not a timing (benchmarks/results/gpu_static_quant_linear.md): the dequantization pass costs about
+#: ``2.56·N·K / bandwidth`` plus a launch, the fused kernel at most its decode overhead ``issue/tensor × tensor
+#: time`` (0.84 of the tensor time on sm_90 if decode and MMA never overlap, nothing if they always do); the two
+#: meet between ~300 and ~1,500 tokens at Wan / CogVideoX shapes in the no-overlap case, beyond any M otherwise.
 DEQUANT_MIN_M = 1024
 #: environment variable pinning the fused kernel's launch configuration
 CONFIG_ENV = "VIDACCEL_NVFP4_CONFIG"
