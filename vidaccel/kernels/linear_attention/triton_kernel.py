@@ -28,8 +28,6 @@ operands are rounded to the MMA dtype and then widened to fp32 there (``DOT_F32`
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -678,10 +676,10 @@ def static_notes() -> str:
         rows.append((f"after: fused {feature}{' + RoPE' if rope else ''}, bf16 q/k/v",
                      bytes_moved(B, L, H, D, feature=feature, rope=rope)))
     lines = ["### Bytes moved per layer call (Wan2.1-1.3B 480p x 81: 32,760 tokens, 12 heads x 128, bidirectional)\n",
-             "From each kernel's tile loads and stores at its launch parameters; `stream` = q/k/v/features/output/"
-             "partial states (DRAM), `resident` = re-reads of per-head state, weights and per-position RoPE tables "
-             "(L2-resident). The torch passes that produced the four fp32 feature tensors before (at least "
-             f"{4 * B * L * H * 2 * D * 4 / 1e9:.2f} GB written and read again) are not in the before figure.\n",
+             ("From each kernel's tile loads and stores at its launch parameters; `stream` = q/k/v/features/output/"
+              "partial states (DRAM), `resident` = re-reads of per-head state, weights and per-position RoPE tables "
+              "(L2-resident). The torch passes that produced the four fp32 feature tensors before (at least "
+              f"{4 * B * L * H * 2 * D * 4 / 1e9:.2f} GB written and read again) are not in the before figure.\n"),
              "| path | state kernel stream | output kernel stream | total stream | total L2-resident re-reads |",
              "|---|---|---|---|---|"]
     for label, r in rows:

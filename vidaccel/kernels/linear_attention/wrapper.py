@@ -209,7 +209,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"q and k must share the head dim, got {q.shape[-1]} and {k.shape[-1]}")
     phi = _feature_fn(feature_map)
-    B, L, H, D = q.shape
+    _, L, H, D = q.shape
     tables = None
     if rope is not None and not callable(rope):
         tables = _rope_tables(rope, L, D)
