@@ -1,7 +1,9 @@
 """Linear-attention kernels against their spec (naive.py): Triton (interpreter), torch, awkward shapes.
 
 The Triton kernels run under ``TRITON_INTERPRET=1`` on CPU (set before Triton is imported), so shapes stay
-small. Seeds are fresh each run and printed on failure.
+small. Seeds are fresh each run and printed on failure. The Triton backend computes its MMAs on 16-bit operands
+(bf16, or fp16 when every input is fp16) with fp32 accumulation and state: each Triton result is checked tightly
+against :func:`emulate16` (the spec with exactly those roundings) and loosely against the fp32 spec.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from vidaccel.kernels.linear_attention import (
     linear_attention_naive,
     softmax_attention_naive,
 )
-from vidaccel.kernels.linear_attention.naive import elu_feature_map
+from vidaccel.kernels.linear_attention.naive import FIXED_FEATURE_MAPS, elu_feature_map
+from vidaccel.kernels.linear_attention.wrapper import rope_rotate
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+#: Triton backend vs the fp32 spec: 16-bit MMA operands (measured 1.6e-3 .. 3.4e-3 with fp32 inputs)
+TOL_MMA16 = 6e-3
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny shapes, no contention
@@ -57,6 +62,29 @@ def features(B, L, H, D, dtype, hedgehog=False):
     return fq.to(dtype), fk.to(dtype), v.to(dtype)
 
 
+def emulate16(qn, kn, v, qd=None, kd=None, *, causal=False, chunk=None, dot=torch.bfloat16, eps=1e-6):
+    """The Triton kernels' numerics in torch: numerator features and values rounded to ``dot`` (nearest even), the
+    state summed in fp32 and rounded to ``dot`` for the output MMA, the denominator in fp32."""
+    def r(x):
+        return x.to(dot).float()
+
+    qd = qn if qd is None else qd
+    kd = kn if kd is None else kd
+    B, L, H, _ = v.shape
+    chunk = L if not causal else chunk
+    S = torch.zeros(B, H, qn.shape[-1], v.shape[-1])
+    z = torch.zeros(B, H, qn.shape[-1])
+    out = torch.empty(B, L, H, v.shape[-1])
+    for s in range(0, L, chunk):
+        sl = slice(s, min(s + chunk, L))
+        S = S + torch.einsum("blhf,blhd->bhfd", r(kn[:, sl]), r(v[:, sl]))
+        z = z + kd[:, sl].float().sum(1)
+        num = torch.einsum("blhf,bhfd->blhd", r(qn[:, sl]), r(S))
+        den = torch.einsum("blhf,bhf->blh", qd[:, sl].float(), z)
+        out[:, sl] = num / (den[..., None] + eps)
+    return out.to(v.dtype)
+
+
 # (B, L, H, D, causal, chunk, hedgehog features)
 CASES = [
     (1, 63, 2, 60, False, None, False),
@@ -79,7 +107,11 @@ def test_backends_match_naive_fp32(case, backend, seed):
     ref = linear_attention_naive(q, k, v, causal=causal, chunk=chunk)
     out = linear_attention_features(q, k, v, causal=causal, chunk=chunk, backend=backend)
     assert out.shape == v.shape and out.dtype == v.dtype
-    assert rel_err(out, ref) <= TOL[torch.float32], f"seed={seed}"
+    if backend == "torch":
+        assert rel_err(out, ref) <= TOL[torch.float32], f"seed={seed}"
+    else:  # fp32 inputs are computed with bf16 MMA operands
+        assert rel_err(out, emulate16(q, k, v, causal=causal, chunk=chunk)) <= 2e-5, f"seed={seed}"
+        assert rel_err(out, ref) <= TOL_MMA16, f"seed={seed}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -91,6 +123,7 @@ def test_triton_half_precision(dtype, causal, seed):
     out = linear_attention_features(q, k, v, causal=causal, chunk=chunk, backend="triton")
     assert out.dtype == dtype
     assert rel_err(out, ref) <= TOL[dtype], f"seed={seed}"
+    assert rel_err(out, emulate16(q, k, v, causal=causal, chunk=chunk, dot=dtype)) <= TOL[dtype] / 4, f"seed={seed}"
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -108,9 +141,88 @@ def test_separate_denominator_features_rope_in_numerator(backend, seed):
     out = linear_attention(q, k, v, feature_map="elu", rope=rope, causal=True, chunk=10, backend=backend)
     fq, fk = elu_feature_map(q), elu_feature_map(k)
     ref = linear_attention_naive(rope(fq), rope(fk), v, q_den=fq, k_den=fk, causal=True, chunk=10)
-    assert rel_err(out, ref) <= 1e-5, f"seed={seed}"
+    if backend == "torch":
+        assert rel_err(out, ref) <= 1e-5, f"seed={seed}"
+    else:
+        emu = emulate16(rope(fq), rope(fk), v, fq, fk, causal=True, chunk=10)
+        assert rel_err(out, emu) <= 2e-5, f"seed={seed}"
+        assert rel_err(out, ref) <= TOL_MMA16, f"seed={seed}"
     plain = linear_attention(q, k, v, feature_map="elu", causal=True, chunk=10, backend=backend)
     assert rel_err(plain, ref) > 1e-3  # the rotation matters
+    # the same rotation given as cos/sin tables (diffusers' [1, L, 1, D/2] or [L, D/2]): the fused path on triton
+    for tables in ((cos, sin), (cos.reshape(L, D // 2), sin.reshape(L, D // 2))):
+        out_t = linear_attention(q, k, v, feature_map="elu", rope=tables, causal=True, chunk=10, backend=backend)
+        assert rel_err(out_t, ref) <= (1e-5 if backend == "torch" else TOL_MMA16), f"seed={seed}"
+
+
+def _hedgehog(H, D):
+    fm = HedgehogFeatureMap(H, D)
+    with torch.no_grad():  # away from the identity initialisation: a generic trained map
+        fm.weight.add_(torch.randn_like(fm.weight) * 0.2)
+        fm.bias.add_(torch.randn_like(fm.bias) * 0.3)
+    return fm.requires_grad_(False)
+
+
+# (B, L, H, D, causal, chunk): ragged L, head dims not a power of two, chunks not dividing L
+FUSED_CASES = [(1, 63, 2, 60, False, None), (2, 50, 1, 24, True, 16), (1, 300, 1, 16, True, 128)]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: f"B{c[0]}L{c[1]}H{c[2]}D{c[3]}" + (f"c{c[5]}" if c[4] else "bi"))
+@pytest.mark.parametrize("feature", ["elu", "relu", "hedgehog"])
+@pytest.mark.parametrize("rope", [False, True])
+def test_fused_feature_map_kernels_match_spec(case, feature, rope, seed):
+    """Features (and the numerator's RoPE) computed inside the kernels: against the spec with the kernels'
+    16-bit roundings (tight) and the fp32 spec (loose). fp32 inputs holding bf16 values, so the output is not
+    rounded (the interpreter's fp32 -> bf16 store truncates)."""
+    B, L, H, D, causal, chunk = case
+    q, k, v = (torch.randn(B, L, H, D).bfloat16().float() for _ in range(3))
+    fm = _hedgehog(H, D) if feature == "hedgehog" else feature
+    phi = fm if feature == "hedgehog" else FIXED_FEATURE_MAPS[feature]
+    theta = torch.rand(L, D // 2) * 6.0
+    # tables holding fp16 values: the kernels read cos/sin in fp16
+    tables = (theta.cos().half().float(), theta.sin().half().float()) if rope else None
+    out = linear_attention(q, k, v, feature_map=fm, rope=tables, causal=causal, chunk=chunk, backend="triton")
+    assert out.shape == v.shape and out.dtype == v.dtype
+    fq, fk = phi(q), phi(k)
+    nq, nk = (rope_rotate(fq, *tables), rope_rotate(fk, *tables)) if rope else (fq, fk)
+    emu = emulate16(nq, nk, v, fq, fk, causal=causal, chunk=chunk)
+    # the kernels compute the features themselves (Hedgehog: W as two bf16 parts, exp; elu: exp(x) where torch
+    # takes expm1(x) + 1), equal to torch's to ~1e-6: a few round to the neighbouring bf16 value (one step, 2^-8
+    # relative) as MMA operands
+    assert rel_err(out, emu) <= 1e-3, f"seed={seed}"
+    ref = linear_attention_naive(nq, nk, v, q_den=fq, k_den=fk, causal=causal, chunk=chunk)
+    assert rel_err(out, ref) <= TOL_MMA16, f"seed={seed}"
+    torch_out = linear_attention(q, k, v, feature_map=fm, rope=tables, causal=causal, chunk=chunk, backend="torch")
+    assert rel_err(torch_out, ref) <= 1e-5, f"seed={seed}"
+
+
+@pytest.mark.parametrize("feature", ["elu", "hedgehog"])
+def test_fused_kernels_bf16_inputs(feature, seed):
+    B, L, H, D = 1, 63, 2, 60
+    q, k, v = (torch.randn(B, L, H, D).bfloat16() for _ in range(3))
+    fm = _hedgehog(H, D) if feature == "hedgehog" else feature
+    theta = torch.rand(L, D // 2) * 6.0
+    tables = (theta.cos(), theta.sin())
+    out = linear_attention(q, k, v, feature_map=fm, rope=tables, causal=True, chunk=21, backend="triton")
+    assert out.dtype == torch.bfloat16
+    ref = linear_attention(q.float(), k.float(), v.float(), feature_map=fm, rope=tables, causal=True, chunk=21,
+                           backend="torch")
+    assert rel_err(out, ref) <= TOL_MMA16 + 2**-8, f"seed={seed}"  # + the bf16 output (truncated here)
+
+
+def test_fused_kernels_fp32_and_fp16_inputs(seed):
+    B, L, H, D = 1, 40, 2, 32
+    q, k, v = (torch.randn(B, L, H, D) for _ in range(3))
+    fm = _hedgehog(H, D)
+    theta = torch.rand(L, D // 2) * 6.0
+    tables = (theta.cos(), theta.sin())
+    ref = linear_attention(q, k, v, feature_map=fm, rope=tables, backend="torch")
+    out = linear_attention(q, k, v, feature_map=fm, rope=tables, backend="triton")
+    assert out.dtype == torch.float32 and rel_err(out, ref) <= TOL_MMA16, f"seed={seed}"
+    h = [t.half() for t in (q, k, v)]
+    out = linear_attention(*h, feature_map=fm, rope=tables, backend="triton")
+    ref = linear_attention(*(t.float() for t in h), feature_map=fm, rope=tables, backend="torch")
+    assert out.dtype == torch.float16 and rel_err(out, ref) <= TOL[torch.float16], f"seed={seed}"
 
 
 def test_block_causal_semantics(seed):
@@ -200,3 +312,10 @@ def test_validation_messages():
         linear_attention(q.double(), q.double(), q.double())
     empty = torch.randn(1, 0, 2, 8)
     assert linear_attention(empty, empty, empty).shape == empty.shape
+    with pytest.raises(ValueError, match=r"rope cos has shape \(10, 3\); expected L x D/2 = 10 x 4"):
+        linear_attention(q, q, q, rope=(torch.ones(10, 3), torch.ones(10, 3)))
+    with pytest.raises(ValueError, match="rope=list is not allowed"):
+        linear_attention(q, q, q, rope=[torch.ones(10, 4), torch.ones(10, 4)])
+    big = torch.randn(1, 4, 1, 260)
+    with pytest.raises(ValueError, match="head dim 260; backend='triton' allows at most 256"):
+        linear_attention_features(big, big, big, backend="triton")

@@ -7,7 +7,14 @@ import importlib.util
 import pytest
 import torch
 
-from vidaccel.kernels.fp8 import Fp8Weight, fp8_linear, quantize_per_token
+from vidaccel.kernels.fp8 import (
+    Fp8Activation,
+    Fp8ActivationCache,
+    Fp8Weight,
+    fp8_linear,
+    quantize_activation,
+    quantize_per_token,
+)
 from vidaccel.kernels.fp8 import naive as fp8_naive
 from vidaccel.kernels.nvfp4 import NVFP4Weight, nvfp4_dequantize, nvfp4_linear
 from vidaccel.kernels.nvfp4 import naive as nv_naive
@@ -45,9 +52,9 @@ def _data(m, k, n, seed=0):
 
 
 # -- FP8 ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("m,k,n", SHAPES + [(300, 192, 40)])
 def test_fp8_per_token_quant_kernel_bit_exact(interpret, m, k, n):
-    x, _, _ = _data(m, k, n)
+    x, _, _ = _data(m, k, n, seed=m * k)
     x[0, :] = 0.0  # an all-zero token
     q, s = quantize_per_token(x, backend="triton")
     q_ref, s_ref = fp8_naive.quantize_per_token(x)
@@ -55,7 +62,7 @@ def test_fp8_per_token_quant_kernel_bit_exact(interpret, m, k, n):
     assert torch.equal(s, s_ref)
 
 
-@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("m,k,n", SHAPES + [(70, 192, 40)])  # K % 64 == 0: the GEMM's EVEN_K path
 @pytest.mark.parametrize("bias", [True, False])
 def test_fp8_linear_backends_match_spec(interpret, m, k, n, bias):
     x, w, b = _data(m, k, n)
@@ -75,6 +82,75 @@ def test_fp8_linear_keeps_leading_dims_and_dtype():
     assert out.shape == (2, 7, 16) and out.dtype == torch.bfloat16
     ref = fp8_naive.fp8_linear_ref(x.bfloat16(), qw.data, qw.scale, b.bfloat16())
     assert rel_err(out.reshape(14, 16), ref) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fp8_quantized_activation_is_reused_exactly(interpret, backend):
+    x, w, b = _data(2 * 31, 72, 40, seed=11)
+    x = x.reshape(2, 31, 72)
+    weights = [Fp8Weight.from_float(w * s) for s in (1.0, 0.5, 2.0)]
+    xq = quantize_activation(x, backend=backend)
+    assert xq.shape == x.shape and xq.dtype == x.dtype and xq.data.shape == (62, 72)
+    for qw in weights:
+        once = fp8_linear(xq, qw, b, backend=backend)
+        each = fp8_linear(x, qw, b, backend=backend)
+        assert once.shape == (2, 31, 40) and once.dtype == x.dtype
+        assert torch.equal(once, each)
+    # one GEMM over the concatenated weight: the same numbers as the three apart (per-channel scales)
+    qkv = fp8_linear(xq, Fp8Weight.concat(weights), torch.cat([b, b, b]), backend=backend)
+    assert torch.equal(qkv, torch.cat([fp8_linear(xq, qw, b, backend=backend) for qw in weights], dim=-1))
+
+
+def test_fp8_activation_cache_quantizes_once_per_tensor(interpret):
+    x, w, b = _data(9, 48, 16, seed=5)
+    qw = Fp8Weight.from_float(w)
+    cache = Fp8ActivationCache(backend="triton")
+    outs = [fp8_linear(cache(x), qw, b, backend="triton") for _ in range(3)]
+    assert cache.quantizations == 1
+    assert all(torch.equal(o, fp8_linear(x, qw, b, backend="triton")) for o in outs)
+    x.mul_(2.0)  # modified in place: quantized again
+    assert torch.equal(fp8_linear(cache(x), qw, b, backend="triton"), fp8_linear(x, qw, b, backend="triton"))
+    assert cache.quantizations == 2
+    cache(x.clone())  # another tensor
+    assert cache.quantizations == 3
+    cache.reset()
+    assert cache.quantizations == 0
+
+
+def test_fp8_activation_api_rejects_bad_inputs():
+    qw = Fp8Weight.from_float(torch.randn(8, 16))
+    xq = quantize_activation(torch.randn(3, 16), backend="torch")
+    with pytest.raises(ValueError, match="activations='none' is not allowed with an Fp8Activation"):
+        fp8_linear(xq, qw, activations="none")
+    with pytest.raises(ValueError, match="expects 32"):
+        fp8_linear(xq, Fp8Weight.from_float(torch.randn(8, 32)))
+    with pytest.raises(ValueError, match="Fp8Activation.shape"):
+        Fp8Activation(xq.data, xq.scale, (4, 16), torch.float32)
+    with pytest.raises(ValueError, match="Fp8Activation.data"):
+        Fp8Activation(xq.data.float(), xq.scale, (3, 16), torch.float32)
+    with pytest.raises(ValueError, match="Fp8Activation.scale"):
+        Fp8Activation(xq.data, xq.scale[:2], (3, 16), torch.float32)
+    with pytest.raises(ValueError, match="x must be a floating-point"):
+        quantize_activation(torch.ones(3, 16, dtype=torch.int32))
+    with pytest.raises(ValueError, match="same in_features"):
+        Fp8Weight.concat([qw, Fp8Weight.from_float(torch.randn(8, 32))])
+    with pytest.raises(ValueError, match="at least one"):
+        Fp8Weight.concat([])
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        Fp8ActivationCache(backend="cuda")
+
+
+def test_fp8_pinned_config_runs_and_is_validated(interpret, monkeypatch):
+    from vidaccel.kernels.fp8 import wrapper
+
+    x, w, b = _data(40, 100, 72, seed=2)
+    qw = Fp8Weight.from_float(w)
+    ref = fp8_naive.fp8_linear_ref(x, qw.data, qw.scale, b)
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,32,4,2")
+    assert rel_err(fp8_linear(x, qw, b, backend="triton"), ref) < 1e-5
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,24,4,2")
+    with pytest.raises(ValueError, match="VIDACCEL_FP8_CONFIG='16,32,24,4,2' is not allowed"):
+        fp8_linear(x, qw, b, backend="triton")
 
 
 def test_fp8_sqnr_floors():
@@ -200,37 +276,104 @@ def test_nvfp4_bit_exact_with_torchao():
     assert torch.equal(nv_naive.dequantize(data, block_scale, gs), t.dequantize(torch.float32))
 
 
-@pytest.mark.parametrize("m,k,n", SHAPES)
+NVFP4_SHAPES = SHAPES + [(70, 192, 40), (5, 16, 130)]  # K % 64 == 0 (no K masks, EVEN_K) and the smallest K
+
+
+@pytest.mark.parametrize("m,k,n", NVFP4_SHAPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_nvfp4_w4a16_kernel_matches_spec(interpret, m, k, n, bias):
-    x, w, b = _data(m, k, n)
+    x, w, b = _data(m, k, n, seed=m + k + n)
     qw = NVFP4Weight.from_float(w)
     b = b if bias else None
-    ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k, b)
     out = nvfp4_linear(x, qw, b, backend="triton")
     assert out.shape == (m, n) and out.dtype == x.dtype
-    assert rel_err(out, ref) < 1e-5
+    # the kernel's MMA takes 16-bit operands: fp32 activations are rounded to bf16, then everything is exact
+    # up to fp32 accumulation order
+    ref_bf16 = nv_naive.nvfp4_linear_ref(x.bfloat16().float(), qw.data, qw.block_scale, qw.global_scale, k, b)
+    assert rel_err(out, ref_bf16) < 1e-5
+    ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k, b)
+    assert rel_err(out, ref) < 1e-2
     assert rel_err(nvfp4_linear(x, qw, b, backend="torch"), ref) < 1e-6
 
 
-@pytest.mark.parametrize("n,k", [(72, 100), (24, 40), (130, 16)])
+def _random_nvfp4(n, k, seed):
+    """An NVFP4 weight with uniformly random codes and every finite e4m3 block scale (subnormals, 0, 448)."""
+    g = torch.Generator().manual_seed(seed)
+    kp = nv_naive.padded_k(k)
+    data = torch.randint(0, 256, (n, kp // 2), generator=g, dtype=torch.uint8)
+    codes = nv_naive.unpack(data)
+    codes[:, k:] = 0  # the format's zero padding
+    data = nv_naive.pack(codes)
+    scale_bits = torch.randint(0, 0x7F, (n, kp // 16), generator=g, dtype=torch.uint8)  # 0x7F is NaN
+    scale_bits.view(-1)[: 0x7F] = torch.arange(0x7F, dtype=torch.uint8)[: scale_bits.numel()]
+    return NVFP4Weight(data, scale_bits.view(torch.float8_e4m3fn), torch.tensor(0.0123, dtype=torch.float32), k)
+
+
+@pytest.mark.parametrize("k", [128, 100])
+def test_nvfp4_kernel_decodes_every_code_and_scale_exactly(interpret, k):
+    """x = identity: the output is the decoded weight, value · s · g rounded once (float64 reference)."""
+    qw = _random_nvfp4(72, k, seed=k)
+    values = nv_naive.e2m1_decode(nv_naive.unpack(qw.data)).double().reshape(72, -1, 16)
+    exact = (values * qw.block_scale.double()[..., None] * qw.global_scale.double()).reshape(72, -1)[:, :k]
+    out = nvfp4_linear(torch.eye(k), qw, backend="triton")  # fp32 out: no rounding but the one of the product
+    assert torch.equal(out, exact.t().float())
+    out = nvfp4_linear(torch.eye(k, dtype=torch.float16), qw, backend="triton")
+    assert torch.equal(out, exact.t().to(torch.float16))
+    # bf16 out: the interpreter's fp32 -> bf16 cast truncates (GPUs round): within one bf16 step
+    out = nvfp4_linear(torch.eye(k, dtype=torch.bfloat16), qw, backend="triton")
+    assert bool(((out.double() - exact.t()).abs() <= exact.t().abs() * 2.0**-7).all())
+
+
+@pytest.mark.parametrize("n,k", [(72, 100), (24, 40), (130, 16), (40, 192)])
 def test_nvfp4_dequant_kernel_bit_exact(interpret, n, k):
     _, w, _ = _data(1, k, n)
-    qw = NVFP4Weight.from_float(w)
-    out = nvfp4_dequantize(qw, torch.float32, backend="triton")
-    assert torch.equal(out, qw.dequantize())
+    for qw in (NVFP4Weight.from_float(w), _random_nvfp4(n, k, seed=n)):
+        out = nvfp4_dequantize(qw, torch.float32, backend="triton")
+        assert torch.equal(out, qw.dequantize())
     x = torch.randn(5, k)
     ref = nv_naive.nvfp4_linear_ref(x, qw.data, qw.block_scale, qw.global_scale, k)
     assert rel_err(nvfp4_linear(x, qw, backend="dequant"), ref) < 1e-5
 
 
-def test_nvfp4_kernel_bf16_activations(interpret):
-    x, w, b = _data(33, 80, 40)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nvfp4_kernel_16bit_activations(interpret, dtype):
+    x, w, b = _data(33, 80, 40, seed=7)
     qw = NVFP4Weight.from_float(w)
-    out = nvfp4_linear(x.bfloat16(), qw, b.bfloat16(), backend="triton")
-    assert out.dtype == torch.bfloat16
-    ref = nv_naive.nvfp4_linear_ref(x.bfloat16(), qw.data, qw.block_scale, qw.global_scale, 80, b.bfloat16())
-    assert rel_err(out, ref) < 1e-2  # the output is rounded to bf16
+    out = nvfp4_linear(x.to(dtype), qw, b.to(dtype), backend="triton")
+    assert out.dtype == dtype
+    ref = nv_naive.nvfp4_linear_ref(x.to(dtype), qw.data, qw.block_scale, qw.global_scale, 80, b.to(dtype))
+    assert rel_err(out, ref) < 1e-2  # the output is rounded to 16 bits
+    assert rel_err(out, ref.to(dtype)) < 1e-2
+
+
+def test_nvfp4_launch_configs():
+    from vidaccel.kernels.nvfp4 import wrapper
+
+    for m in (1, 16, 17, 64, 65, 256, 1023, 32760):
+        for arch in (90, 100):
+            c = wrapper.launch_config(m, arch)
+            assert c["BLOCK_K"] % 64 == 0, (m, arch, c)  # block scales load as int32 words at model shapes
+            assert c["num_stages"] >= 3, (m, arch, c)  # loads issued at least one iteration ahead
+            assert c["BLOCK_M"] >= min(m, 64) or c["BLOCK_M"] >= 128
+    assert wrapper.launch_config(32760, 100)["BLOCK_M"] == 256 and wrapper.launch_config(32760, 90)["BLOCK_M"] == 128
+
+
+def test_nvfp4_pinned_config_is_validated(interpret, monkeypatch):
+    from vidaccel.kernels.nvfp4 import wrapper
+
+    x, w, b = _data(40, 100, 72, seed=4)
+    qw = NVFP4Weight.from_float(w)
+    ref = nv_naive.nvfp4_linear_ref(x.bfloat16().float(), qw.data, qw.block_scale, qw.global_scale, 100, b)
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "16,32,16,4,2")  # one scale block per step, 16-token tiles
+    assert rel_err(nvfp4_linear(x, qw, b, backend="triton"), ref) < 1e-5
+
+    monkeypatch.setenv(wrapper.CONFIG_ENV, "128,128,64,4,4")
+    assert wrapper.pinned_config(wrapper.CONFIG_ENV) == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4,
+                                            num_stages=4)
+    for bad in ("128,128,64", "128,128,48,4,4", "a,b,c,d,e", "128,128,64,3,4", "128,128,64,4,0"):
+        monkeypatch.setenv(wrapper.CONFIG_ENV, bad)
+        with pytest.raises(ValueError, match=f"{wrapper.CONFIG_ENV}=.*allowed"):
+            wrapper.pinned_config(wrapper.CONFIG_ENV)
 
 
 def test_nvfp4_sqnr_floor():

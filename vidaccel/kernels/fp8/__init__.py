@@ -4,6 +4,17 @@
 ``wrapper.py`` the public, validated wrappers re-exported here.
 """
 
-from .wrapper import BACKENDS, Fp8Weight, fp8_gemm, fp8_linear, quantize_per_token, scaled_mm_supported
+from .wrapper import (
+    BACKENDS,
+    Fp8Activation,
+    Fp8ActivationCache,
+    Fp8Weight,
+    fp8_gemm,
+    fp8_linear,
+    quantize_activation,
+    quantize_per_token,
+    scaled_mm_supported,
+)
 
-__all__ = ["Fp8Weight", "fp8_linear", "fp8_gemm", "quantize_per_token", "scaled_mm_supported", "BACKENDS"]
+__all__ = ["Fp8Weight", "Fp8Activation", "Fp8ActivationCache", "fp8_linear", "fp8_gemm", "quantize_activation",
+           "quantize_per_token", "scaled_mm_supported", "BACKENDS"]

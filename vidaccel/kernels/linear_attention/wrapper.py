@@ -2,7 +2,11 @@
 
 Backends:
 
-* ``"triton"``: :mod:`.triton_kernel` (a CUDA GPU, or ``TRITON_INTERPRET=1`` on CPU); forward only;
+* ``"triton"``: :mod:`.triton_kernel` (a CUDA GPU, or ``TRITON_INTERPRET=1`` on CPU); forward only. 16-bit MMA
+  operands (bf16, or fp16 when every input is fp16; fp32 inputs are computed in bf16), fp32 accumulation, state
+  and normaliser. :func:`linear_attention` with ``feature_map`` ``"elu"``, ``"relu"`` or a
+  :class:`HedgehogFeatureMap` and ``rope`` given as cos/sin tables computes the features inside the kernels
+  (no feature tensor in memory); other feature maps and RoPE callables run in torch first;
 * ``"torch"``: vectorised einsum/cumsum in fp32 (differentiable; what distillation trains through);
 * ``"auto"``: ``triton`` on a CUDA GPU when no gradient is needed, else ``torch``.
 """
@@ -16,12 +20,16 @@ from torch import nn
 
 from .. import backend_names
 from .._backend import triton_available
+from .feature_maps import HedgehogFeatureMap
 from .naive import FIXED_FEATURE_MAPS
 
-__all__ = ["BACKENDS", "linear_attention", "linear_attention_features", "resolve_backend", "LinearAttentionState"]
+__all__ = ["BACKENDS", "linear_attention", "linear_attention_features", "resolve_backend", "LinearAttentionState",
+           "rope_rotate"]
 
 BACKENDS = backend_names.LINEAR_ATTENTION
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: largest head dim the Triton kernels hold in one program (the output tile spans all of D)
+MAX_TRITON_D = 256
 
 
 def resolve_backend(backend: str, device: torch.device | str, needs_grad: bool = False) -> str:
@@ -111,6 +119,8 @@ def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, q_den, k_den))
     backend = resolve_backend(backend, v.device, needs_grad)
+    if backend == "triton" and v.shape[-1] > MAX_TRITON_D:
+        raise ValueError(f"v has head dim {v.shape[-1]}; backend='triton' allows at most {MAX_TRITON_D} (use 'torch')")
     if L == 0:
         return torch.zeros_like(v)
     if backend == "triton":
@@ -132,9 +142,41 @@ def _feature_fn(feature_map) -> Callable[[torch.Tensor], torch.Tensor]:
                      f"or a callable [B, L, H, D] -> [B, L, H, F]")
 
 
+def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved feature pairs ``(2i, 2i+1)`` of every ``2P``-sized group by the angle of pair ``i``:
+    ``x [B, L, H, F]`` with ``F % 2P == 0``, ``cos, sin [L, P]``. What the fused kernels compute in registers."""
+    B, L, H, F = x.shape
+    P = cos.shape[-1]
+    xp = x.float().reshape(B, L, H, F // (2 * P), P, 2)
+    c, s = cos.float()[None, :, None, None, :], sin.float()[None, :, None, None, :]
+    x1, x2 = xp[..., 0], xp[..., 1]
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).reshape(B, L, H, F)
+
+
+def _rope_tables(rope, L: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of any shape holding ``L × D/2`` values (``[L, D/2]``, diffusers' ``[1, L, 1, D/2]``) →
+    ``[L, D/2]`` each."""
+    if not (isinstance(rope, tuple) and len(rope) == 2 and all(isinstance(t, torch.Tensor) for t in rope)):
+        raise ValueError(f"rope={type(rope).__name__} is not allowed: give a callable features -> features, a "
+                         "(cos, sin) pair of tensors [L, D/2] (or [1, L, 1, D/2]), or None")
+    out = []
+    for name, t in zip(("cos", "sin"), rope):
+        if t.numel() != L * (D // 2) or t.shape[-1] != D // 2 or D % 2:
+            raise ValueError(f"rope {name} has shape {tuple(t.shape)}; expected L x D/2 = {L} x {D / 2:g} values "
+                             f"([{L}, {D // 2}] or [1, {L}, 1, {D // 2}]) for q of length {L} and head dim {D}")
+        out.append(t.reshape(L, D // 2))
+    return out[0], out[1]
+
+
+def _fused_feature(feature_map) -> str | None:
+    """The fused kernels' name for ``feature_map``, or None when it must run in torch."""
+    if isinstance(feature_map, str):
+        return feature_map if feature_map in ("elu", "relu") else None
+    return "hedgehog" if type(feature_map) is HedgehogFeatureMap else None
+
+
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, feature_map="elu", causal: bool = False,
-                     chunk: int | None = None, rope: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     backend: str = "auto", eps: float = 1e-6) -> torch.Tensor:
+                     chunk: int | None = None, rope=None, backend: str = "auto", eps: float = 1e-6) -> torch.Tensor:
     """Linear attention ``out_i = φ(q_i) Σ_l φ(k_l)ᵀ v_l / (φ(q_i) · Σ_l φ(k_l))`` in O(L·F·D).
 
     Args:
@@ -144,9 +186,13 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
         causal: block-causal over chunks of ``chunk`` tokens, with a constant-size running state (SANA-Video);
             bidirectional otherwise.
         chunk: tokens per chunk when causal.
-        rope: optional ``rope(features) → features`` applied to the query and key features of the
-            numerator only (the denominator keeps the non-negative features).
+        rope: RoPE on the query and key features of the numerator only (the denominator keeps the non-negative
+            features): a callable ``features → features``, or a ``(cos, sin)`` pair of tables ``[L, D/2]`` (or
+            diffusers' ``[1, L, 1, D/2]``) rotating the interleaved pairs of every ``D``-sized group of features
+            (:func:`rope_rotate`); tokens that are not rotated (CogVideoX's text) take rows ``cos = 1, sin = 0``.
         backend: ``"auto"`` (Triton on CUDA, torch elsewhere or when training), ``"triton"`` or ``"torch"``.
+            On ``triton``, ``"elu"`` / ``"relu"`` / :class:`HedgehogFeatureMap` with tables (or no RoPE) run the
+            fused kernels, which compute the features in registers.
 
     Returns:
         ``[B, L, H, D]`` in ``v``'s dtype.
@@ -155,6 +201,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
 
         out = linear_attention(q, k, v, feature_map="elu")
         out = linear_attention(q, k, v, feature_map="elu", causal=True, chunk=tokens_per_frame * 3)
+        out = linear_attention(q, k, v, feature_map=hedgehog, rope=(cos, sin))   # fused on a GPU
     """
     _check("q", q)
     _check("k", k, q.shape[0], q.shape[1], q.shape[2])
@@ -162,6 +209,36 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"q and k must share the head dim, got {q.shape[-1]} and {k.shape[-1]}")
     phi = _feature_fn(feature_map)
+    _, L, H, D = q.shape
+    tables = None
+    if rope is not None and not callable(rope):
+        tables = _rope_tables(rope, L, D)
+    fused = _fused_feature(feature_map)
+    if fused is not None and (rope is None or tables is not None):
+        if causal:
+            if chunk is None or isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise ValueError(f"chunk={chunk!r} is not allowed with causal=True: it must be an int >= 1 (tokens)")
+        elif chunk is not None:
+            raise ValueError(f"chunk={chunk!r} is only meaningful with causal=True; leave it None")
+        params = list(feature_map.parameters()) if isinstance(feature_map, nn.Module) else []
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in [q, k, v, *params])
+        resolved = resolve_backend(backend, v.device, needs_grad)
+        if resolved == "triton" and D % 2 == 0 and D <= MAX_TRITON_D and L > 0:
+            from .triton_kernel import linear_attention_fused_triton
+
+            w = b = None
+            if fused == "hedgehog":
+                if feature_map.heads != H or feature_map.head_dim != D:
+                    phi(q)  # raises the feature map's own shape error
+                w, b = feature_map.weight, feature_map.bias
+            cos, sin = tables if tables is not None else (None, None)
+            return linear_attention_fused_triton(q, k, v, feature=fused, weight=w, bias=b, cos=cos, sin=sin,
+                                                 causal=causal, chunk=chunk, eps=eps)
+    if tables is not None:
+        cos, sin = tables
+
+        def rope(x):
+            return rope_rotate(x, cos, sin)
     fq, fk = phi(q), phi(k)
     if rope is None:
         return linear_attention_features(fq, fk, v, causal=causal, chunk=chunk, backend=backend, eps=eps)
