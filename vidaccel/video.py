@@ -71,7 +71,7 @@ def to_uint8_frames(frames, what: str = "frames") -> np.ndarray:
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise NonFiniteFramesError(f"{what}: frame {int(bad[0])} holds NaN or Inf values ({len(bad)} of "
-                                   f"{arr.shape[0]} frames are not finite); nothing was written")
+                                   f"{arr.shape[0]} frames are not finite)")
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -63,7 +63,7 @@ def int_between(name: str, lo: int, hi: int = INT64_MAX) -> Callable[[str], int]
         if value < lo or value > hi:
             top = "2**63 - 1" if hi == INT64_MAX else str(hi)
             shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
-            raise CliError(f"{name}={shown} is not allowed: it must be an integer >= {lo}"
+            raise CliError(f"{name}={shown} is not allowed: it must be >= {lo}"
                            + (f" and <= {top}" if value > hi or hi != INT64_MAX else ""))
         return value
 
@@ -117,7 +117,7 @@ def finite_float(name: str, lo: float | None = None, hi: float | None = None, *,
         bad = (not math.isfinite(value) or (lo is not None and (value < lo or (lo_open and value == lo)))
                or (hi is not None and (value > hi or (hi_open and value == hi))))
         if bad:
-            raise CliError(f"{name}={value:g} is not allowed: it must be {describe()}")
+            raise CliError(f"{name}={value!r} is not allowed: it must be {describe()}")
         return value
 
     return parse
@@ -269,6 +269,20 @@ def check_model_name(name: str, flag: str = "--model") -> str:
     return name
 
 
+def quiet_loading() -> None:
+    """Loading a model prints no warnings about component classes (errors stay one line) and, when stderr is not a
+    terminal, no progress bars."""
+    from diffusers.utils import logging as diffusers_logging
+
+    if os.environ.get("DIFFUSERS_VERBOSITY", "error") == "error":
+        diffusers_logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+
 def load(args, accel=None):
     """The pipeline named by ``--model`` on ``--device`` / ``--dtype`` with ``accel`` applied; ``CliError`` with the
     first line of whatever went wrong (a missing folder, a foreign model class, a broken file)."""
@@ -278,10 +292,7 @@ def load(args, accel=None):
 
     if args.model not in loading.EMBEDDED_NAMES:
         check_model_name(args.model)
-    if not sys.stderr.isatty():  # no loading bars in logs and pipes
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.disable_progress_bar()
+    quiet_loading()
     try:
         return load_pipeline(args.model, dtype=args.dtype, device=args.device, accel=accel)
     except (KeyboardInterrupt, SystemExit, MemoryError):

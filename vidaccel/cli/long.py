@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .common import (COUNT_MAX, FPS_MAX, CliError, RunError, check_model_name, choice, device, finite_float,
-                     int_between, non_negative_float, output_file, positive_float, say, seed)
+                     int_between, non_negative_float, output_file, positive_float, quiet_loading, say, seed)
 
 
 def long_presets() -> list[str]:
@@ -59,7 +59,7 @@ def _parse_switches(switches: list[str], first_prompt: str) -> list[tuple[float,
         if not sep or not text.strip():
             raise CliError(f"--switch={item[:60]!r} is not allowed: the prompt after ':' is empty")
         if not math.isfinite(seconds) or seconds <= 0:
-            raise CliError(f"--switch={item[:60]!r} is not allowed: the time must be a finite number > 0 s")
+            raise CliError(f"--switch={item[:60]!r} is not allowed: the time must be > 0 s (and finite)")
         if seconds <= schedule[-1][0]:
             raise CliError(f"--switch={item[:60]!r} is not allowed: switch times must be in increasing order")
         schedule.append((seconds, text.strip()))
@@ -89,6 +89,7 @@ def _load(args):
         except ValueError as e:
             raise CliError(f"--model={args.model!r} is not allowed: {e}") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quiet_loading()
     try:
         if args.model == "embedded-ar":
             pipe = LongVideoPipeline.from_embedded(device=device)
@@ -167,7 +168,11 @@ def run(args) -> int:
                 "finished before it" if result.num_frames else f"nothing was written ({args.output} is unchanged)")
         raise RunError(f"{e}; {kept}" + ("; lower --guidance" if (args.guidance or 0) > 20 else "")) from None
     except VideoWriteError as e:
-        raise RunError(str(e)) from None
+        if "left as it was" in str(e):
+            raise RunError(str(e)) from None
+        kept = (f"{args.output} holds the {result.num_frames} frames of the chunks finished before it"
+                if result.num_frames else f"{args.output} was left as it was")
+        raise RunError(f"{e}; {kept}") from None
     except ValueError as e:
         if result.chunk_seconds:  # failed after chunks were made: not a bad argument
             raise RunError(f"{e}; {args.output} holds {result.num_frames} frames") from None
@@ -175,6 +180,9 @@ def run(args) -> int:
     times = out.chunk_seconds
     video_s = out.num_frames / args.fps
     wall = sum(times)
+    if not out.num_frames:
+        print(f"no chunk finished: nothing was written ({args.output} was left as it was)")
+        return 130 if out.interrupted else 1
     print("\n".join([
         f"wrote {args.output}: {out.num_frames} frames = {video_s:.2f} s of video in {len(times)} chunks"
         + ("  (INTERRUPTED: finished chunks kept)" if out.interrupted else ""),

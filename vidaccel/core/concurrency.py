@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelLock", "model_lock", "exclusive", "foreign_call_guard"]
+__all__ = ["ModelLock", "model_lock", "exclusive", "foreign_call_guard", "guarded_cache_context"]
 
 _GUARD = threading.Lock()
 
@@ -83,10 +83,7 @@ def exclusive(models: Iterable) -> Iterator[None]:
             lock.release()
 
 
-def foreign_call_guard(module, args) -> None:
-    """Forward pre-hook on every transformer with techniques: a call from a thread other than the one running a
-    vidaccel pipeline call on it (e.g. a plain diffusers pipeline sharing the transformer) would read and reset
-    that call's technique state mid-run, so it is refused."""
+def _check_owner(module) -> None:
     lock = _LOCKS.get(module)
     owner = lock.owner if lock is not None else None
     if owner is not None and owner != threading.get_ident():
@@ -94,3 +91,18 @@ def foreign_call_guard(module, args) -> None:
                            "vidaccel pipeline call on another thread; its techniques keep per-call state on it, so "
                            "its calls must not overlap: call it through vidaccel pipelines (they wait for each other) "
                            "or give each thread its own copy (copy.deepcopy(pipe))")
+
+
+def foreign_call_guard(module, args) -> None:
+    """Forward pre-hook on every transformer with techniques: a call from a thread other than the one running a
+    vidaccel pipeline call on it (e.g. a plain diffusers pipeline sharing the transformer) would read and reset
+    that call's technique state mid-run, so it is refused."""
+    _check_owner(module)
+
+
+def guarded_cache_context(module, name: str, **kwargs):
+    """``module.cache_context`` while techniques are attached: diffusers keeps the current cache context on the
+    transformer, so another thread's pipeline entering one mid-call would switch the running call's context; it
+    is refused before it changes anything."""
+    _check_owner(module)
+    return type(module).cache_context(module, name, **kwargs)

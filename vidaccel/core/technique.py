@@ -171,15 +171,18 @@ def forget(model, technique: Technique) -> None:
 
 
 def _install_guards(model) -> None:
-    from .concurrency import foreign_call_guard
+    from .concurrency import foreign_call_guard, guarded_cache_context
 
     # copy.deepcopy looks __deepcopy__ up on the instance first: see _deepcopy_with_techniques
     object.__setattr__(model, "__deepcopy__", functools.partial(_deepcopy_with_techniques, model))
     object.__setattr__(model, _GUARD_ATTR, model.register_forward_pre_hook(foreign_call_guard))
+    if callable(getattr(type(model), "cache_context", None)):
+        object.__setattr__(model, "cache_context", functools.partial(guarded_cache_context, model))
 
 
 def _remove_guards(model) -> None:
     model.__dict__.pop("__deepcopy__", None)
+    model.__dict__.pop("cache_context", None)
     handle = model.__dict__.pop(_GUARD_ATTR, None)
     if handle is not None:
         handle.remove()

@@ -102,14 +102,15 @@ def check_number(owner: str, name: str, value: Any, lo: float | None = None, hi:
     return value if isinstance(value, numbers.Integral) else number
 
 
-def check_choice(owner: str, name: str, value: Any, allowed: Iterable[str], *, optional: bool = False) -> str | None:
-    """One of the strings ``allowed`` (exact match)."""
+def check_choice(owner: str, name: str, value: Any, allowed: Iterable[str], *, optional: bool = False,
+                 quoted: bool = False) -> str | None:
+    """One of the strings ``allowed`` (exact match); the message lists them (``quoted``: as Python literals)."""
     if value is None and optional:
         return None
     options = tuple(allowed)
     if not isinstance(value, str) or value not in options:
-        listed = ", ".join(repr(a) for a in options) + (" or None" if optional else "")
-        raise bad_value(owner, name, value, f"allowed: {listed}")
+        listed = ", ".join(repr(a) if quoted else a for a in options) + (" or None" if optional else "")
+        raise ValueError(f"{_label(owner, name)}={shown(value)} is not allowed; allowed: {listed}")
     return value
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from ...core.state_io import load_state, save_state
+from ...core.state_io import load_state, save_state as write_state
 from ...families import family_for, pipeline_transformers
 from .adapter import save_adapter
 from .config import LinearAttentionConfig
@@ -183,7 +183,7 @@ def linearize(pipe, config: LinearAttentionConfig | None = None, *, prompts: Seq
         def save_state(step):
             if state_path and accelerator.is_main_process:
                 os.makedirs(os.path.dirname(state_path), exist_ok=True)
-                save_state(state_path, {"step": step, "losses": losses,
+                write_state(state_path, {"step": step, "losses": losses,
                                         "layers": {r: list(t.layers) for r, t in techniques.items()},
                                         "params": {r: t.feature_maps.state_dict() for r, t in techniques.items()},
                                         "optim": opt.state_dict()})

@@ -68,17 +68,17 @@ class QuantConfig:
 
     def __post_init__(self):
         o = "QuantConfig"
-        self.format = check_choice(o, "format", self.format, FORMATS)
+        self.format = check_choice(o, "format", self.format, FORMATS, quoted=True)
         if self.activations is None:
             self.activations = "none" if self.format == "nvfp4" else "dynamic"
-        self.activations = check_choice(o, "activations", self.activations, ACTIVATIONS)
+        self.activations = check_choice(o, "activations", self.activations, ACTIVATIONS, quoted=True)
         if self.format == "nvfp4" and self.activations != "none":
             raise ValueError("QuantConfig.activations='dynamic' is not allowed with format='nvfp4': NVFP4 layers are "
                              "weight-only (W4A16); allowed: 'none' (or use format='fp8' / 'mixed')")
-        self.skip_format = check_choice(o, "skip_format", self.skip_format, SKIP_FORMATS)
-        self.keep_original = check_choice(o, "keep_original", self.keep_original, KEEP_ORIGINAL)
-        self.measure_sqnr = check_choice(o, "measure_sqnr", self.measure_sqnr, SQNR_MODES)
-        self.backend = check_choice(o, "backend", self.backend, BACKENDS)
+        self.skip_format = check_choice(o, "skip_format", self.skip_format, SKIP_FORMATS, quoted=True)
+        self.keep_original = check_choice(o, "keep_original", self.keep_original, KEEP_ORIGINAL, quoted=True)
+        self.measure_sqnr = check_choice(o, "measure_sqnr", self.measure_sqnr, SQNR_MODES, quoted=True)
+        self.backend = check_choice(o, "backend", self.backend, BACKENDS, quoted=True)
         if self.skip is not None:
             self.skip = check_str_list(o, "skip", self.skip, what="a list of regex strings")
             for p in self.skip:

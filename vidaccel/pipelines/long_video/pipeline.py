@@ -24,7 +24,7 @@ from ...core.validation import check_bool
 from ...core.processors import ProcessorSwap, wrap_processor
 from ...families import ModelFamily, family_for, pipeline_transformers
 from ...memory import peak_memory, reset_peak_memory
-from ...video import to_uint8_frames
+from ...video import deferred_signals, to_uint8_frames
 from .attention import KVCachedAttention, PassState, frame_rotary
 from .block_causal import apply_block_causal, has_block_causal, remove_block_causal
 from .arguments import check_call_arguments
@@ -328,12 +328,13 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 # a NaN / Inf chunk is refused, never written as black frames
                 pixels8 = to_uint8_frames(frames, what=f"chunk {c} (pixel frames {produced}-"
                                                        f"{produced + len(frames) - 1})")
-                if writer is not None and len(frames):
-                    writer.write_chunk(pixels8)
-                chunk_prompts.append(p)
-                produced += frames.shape[0]
-                result.num_frames = produced
-                chunk_seconds.append(time.perf_counter() - t0)
+                with deferred_signals():  # the part and the counts that report it land together
+                    if writer is not None and len(frames):
+                        writer.write_chunk(pixels8)
+                    chunk_prompts.append(p)
+                    produced += frames.shape[0]
+                    result.num_frames = produced
+                    chunk_seconds.append(time.perf_counter() - t0)
                 bar.update(min(round(frames.shape[0] / plan.fps, 4), bar.total - bar.n))  # float sums may overshoot
                 bar.set_postfix_str(f"{produced / (time.perf_counter() - start_all):.1f} FPS, "
                                     f"chunk {c + 1}/{plan.num_chunks}")
@@ -361,6 +362,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                             "chunks": len(chunk_seconds), "use_kv_cache": use_kv_cache,
                             "prompt_switches_recached": switches}
             if writer is not None:
+                result.num_frames = 0  # until the output is joined and its frames counted
                 result.num_frames = writer.finish_after(failure)
         return result
 
