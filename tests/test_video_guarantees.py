@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidaccel.video import Mp4Encoder, NonFiniteFramesError, VideoWriteError, count_frames, read_video, save_video
+from vidaccel.video import Mp4Encoder, NonFiniteFramesError, count_frames, read_video, save_video
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "TRITON_INTERPRET": "1"}
 PREVIOUS = b"the previous video, which must survive"
