@@ -36,7 +36,7 @@ from training.evaluate import shape_by_prompted_shape  # noqa: E402
 from vidaccel.models.shapes import heldout_prompts  # noqa: E402
 from training.train import TrainConfig, Trainer, build_transformer, config_value  # noqa: E402
 
-_SHARED = ("latents_short.pt", "latents_long.pt")  # hard-linked (large, read-only)
+_SHARED = ("latents_short.safetensors", "latents_long.safetensors")  # hard-linked (large, read-only)
 _COPIED = ("text", "vae_final")
 _DONE = ("vae", "vae_long", "latents", "vae_dec", "vae_dec2")
 

@@ -132,3 +132,21 @@ def run_pipe(pipe, prompt="a red circle moving right", seed=0, **overrides) -> n
     out = np.asarray(out)
     assert np.isfinite(out).all(), "pipeline produced NaN/Inf"
     return out
+
+
+# -- fuzz case counts ------------------------------------------------------------------------------------------
+def pytest_terminal_summary(terminalreporter):
+    """Print the fuzz cases tried per config / call / subcommand (and write them as JSON to
+    ``$VIDACCEL_FUZZ_COUNTS`` when set)."""
+    import json
+    import sys
+
+    fuzzing = sys.modules.get("tests.fuzzing")
+    if fuzzing is None or not fuzzing.COUNTS:
+        return
+    counts = dict(sorted(fuzzing.COUNTS.items()))
+    terminalreporter.write_line(f"fuzz cases tried: {sum(counts.values())} " + json.dumps(counts))
+    path = os.environ.get("VIDACCEL_FUZZ_COUNTS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(counts, f, indent=2)

@@ -313,7 +313,7 @@ def test_cfg_interval_per_wan22_expert_and_with_the_step_policy():
         unc = _uncond_steps(stats)
         assert not unc[0]["cfg_reuse"] and not unc[1]["cfg_reuse"]  # each expert measures its own difference
         assert stats["cfg_reused_calls"] > 0
-    with pytest.raises(ValueError, match="CacheConfig.cfg_interval is not allowed with policy='profiled'"):
+    with pytest.raises(ValueError, match="CacheConfig.cfg_interval=2 is not allowed with policy='profiled'"):
         CacheConfig(policy="profiled", cfg_interval=2)
 
 

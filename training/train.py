@@ -30,7 +30,6 @@ Each training stage stops at ``max_steps`` or at its time budget (``--minutes``)
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vidaccel.core.state_io import load_state, save_state
 from vidaccel.models import shapes
 from vidaccel.pipelines.long_video import CausalConfig, apply_block_causal, remove_block_causal
 from vidaccel.models.shapes import (
@@ -361,9 +361,13 @@ def _edge_weight(x: torch.Tensor, weight: float, threshold: float = 0.1) -> torc
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write a state (tensors, numbers, strings, dicts / lists of them) as safetensors + a JSON header, atomically:
+    nothing in a work dir is ever unpickled."""
+    save_state(path, obj)
+
+
+def _load(path: Path):
+    return load_state(path)
 
 
 def _resume(ck: Path, model: torch.nn.Module, opt, stage: str) -> tuple[int, float, dict]:
@@ -371,7 +375,7 @@ def _resume(ck: Path, model: torch.nn.Module, opt, stage: str) -> tuple[int, flo
     (``(0, 0.0, {})`` when there is none yet)."""
     if not ck.is_file():
         return 0, 0.0, {}
-    st = torch.load(ck, weights_only=False)
+    st = _load(ck)
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     logger.info("%s: resumed at step %d", stage, st["step"])
@@ -515,7 +519,7 @@ class Trainer:
         latent noise (default ``vae_noise``); ``edge_weight``: extra weight on edge pixels (:func:`_edge_weight`)."""
         cfg = self.cfg
         noise = cfg.vae_noise if noise is None else noise
-        ck = self.work / f"{stage}_ckpt.pt"
+        ck = self.work / f"{stage}_ckpt.safetensors"
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         step, elapsed, _ = _resume(ck, vae, opt, stage)
         budget = _Budget(cfg.minutes.get(stage), elapsed)
@@ -659,10 +663,10 @@ class Trainer:
         mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
         for kind, frames in (("short", cfg.short_frames), ("long", cfg.long_frames)):
-            path = self.work / f"latents_{kind}.pt"
+            path = self.work / f"latents_{kind}.safetensors"
             clips = _clip_list(cfg, kind)
-            part = self.work / f"latents_{kind}.partial.pt"
-            done: list[torch.Tensor] = torch.load(part)["z"] if part.is_file() else []
+            part = self.work / f"latents_{kind}.partial.safetensors"
+            done: list[torch.Tensor] = _load(part)["z"] if part.is_file() else []
             n_done = sum(z.shape[0] for z in done)
             if path.is_file():
                 continue
@@ -688,8 +692,8 @@ class Trainer:
         self._mark_done("latents", time.time() - t0 + self.timings.get("latents", 0.0), n_short=cfg.n_short, n_long=cfg.n_long)
 
     def _load_latents(self):
-        s = torch.load(self.work / "latents_short.pt")
-        l = torch.load(self.work / "latents_long.pt")
+        s = _load(self.work / "latents_short.safetensors")
+        l = _load(self.work / "latents_long.safetensors")
         return s, l
 
     # -- transformer training (shared by t2v and ar) ------------------------------------------
@@ -710,7 +714,7 @@ class Trainer:
         lr = cfg.lr if stage == "t2v" else cfg.lr * 0.5
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = _EMA(model, cfg.ema)
-        ck = self.work / f"{stage}_ckpt.pt"
+        ck = self.work / f"{stage}_ckpt.safetensors"
         step, elapsed, st = _resume(ck, model, opt, stage)
         if st:
             ema.shadow = st["ema"]
@@ -951,41 +955,75 @@ def config_value(field: str, text: str):
         raise ValueError(f"TrainConfig.{field}={text!r}; allowed: a {typ.__name__}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``vidaccel train-embedded``: reproduce the shipped embedded models on CPU."""
-    ap = argparse.ArgumentParser(prog="vidaccel train-embedded", description=main.__doc__)
-    ap.add_argument("--out", default=None, help="output folder (default: ./embedded_models; the shipped weights "
-                    "are replaced only with --out vidaccel/models/embedded)")
-    ap.add_argument("--workdir", default=None, help="checkpoints and caches (default: ~/.cache/vidaccel/train)")
+def _parse_args(argv: list[str] | None):
+    """The command line, every value checked before any work (``CliError``: one line, exit 2)."""
+    from vidaccel.cli.common import CliError, Parser, int_between, output_dir
+
+    ap = Parser(prog="vidaccel train-embedded", description=main.__doc__)
+    ap.add_argument("--out", default=None, type=output_dir("--out"), help="output folder (default: ./embedded_models; "
+                    "the shipped weights are replaced only with --out vidaccel/models/embedded)")
+    ap.add_argument("--workdir", default=None, type=output_dir("--workdir"),
+                    help="checkpoints and caches (default: ~/.cache/vidaccel/train)")
     ap.add_argument("--no-resume", action="store_true", help="delete the work dir and start over")
     ap.add_argument("--minutes", action="append", default=[], metavar="STAGE=MIN",
                     help="time budget of a stage (vae, t2v, ar), e.g. --minutes t2v=30; repeatable")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int_between("--threads", 1, 4096), default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a TrainConfig field (int/float/str), e.g. --set t2v_steps=3000")
     args = ap.parse_args(argv)
+    minutes = {}
+    for m in args.minutes:
+        k, _, v = m.partition("=")
+        try:
+            value = float(v)
+        except ValueError:
+            value = float("nan")
+        if k not in BUDGETED_STAGES or not math.isfinite(value) or value <= 0:
+            raise CliError(f"--minutes={m[:60]!r} is not allowed: use STAGE=MINUTES with STAGE one of "
+                           f"{', '.join(BUDGETED_STAGES)} and MINUTES a finite number > 0")
+        minutes[k] = value
+    stages = tuple(s for s in args.stages.split(",") if s)
+    if not stages or set(stages) - set(STAGES):
+        raise CliError(f"--stages={args.stages[:60]!r} is not allowed: give a comma-separated subset of "
+                       f"{','.join(STAGES)}")
+    overrides: dict = {"threads": args.threads}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        try:
+            value = config_value(k, v)
+        except ValueError as e:
+            raise CliError(f"--set={item[:60]!r} is not allowed: {e}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CliError(f"--set={item[:60]!r} is not allowed: the value must be a finite number")
+        overrides[k] = value
+    try:  # the whole config, as train_embedded will build it, before any stage starts
+        kw = dict(overrides, out_dir=str(resolve_out_dir(args.out)))
+        if args.workdir is not None:
+            kw["workdir"] = str(args.workdir)
+        cfg = TrainConfig(**kw)
+        if minutes:
+            TrainConfig(**{**asdict(cfg), "minutes": {**cfg.minutes, **minutes}})
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from None
+    return args, minutes, stages, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vidaccel train-embedded``: reproduce the shipped embedded models on CPU."""
+    args, minutes, stages, overrides = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # the stage log (budgets, resumes, per-100-step losses) even where the caller configured logging first:
     # ``vidaccel train-embedded`` sets WARNING for its pass-through subcommands
     logging.getLogger("training").setLevel(logging.INFO)
-    minutes = {}
-    for m in args.minutes:
-        k, _, v = m.partition("=")
-        minutes[k] = float(v)
-    overrides: dict = {"threads": args.threads}
-    for s in args.set:
-        k, _, v = s.partition("=")
-        try:
-            overrides[k] = config_value(k, v)
-        except ValueError as e:
-            ap.error(f"--set {s}: {e}")
-    train_embedded(
-        args.out, resume=not args.no_resume, workdir=args.workdir, minutes=minutes,
-        stages=tuple(s for s in args.stages.split(",") if s), **overrides,
-    )
+    train_embedded(args.out, resume=not args.no_resume, workdir=args.workdir, minutes=minutes, stages=stages,
+                   **overrides)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from vidaccel.cli import main as cli_main
+
+    raise SystemExit(cli_main(["train-embedded", *sys.argv[1:]]))

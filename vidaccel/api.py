@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from .core import technique as registry
+from .core.concurrency import exclusive
 from .core.pipeline_class import accelerate_pipeline_class, restore_pipeline_class
 from .accel import resolve_accel
 from .core.technique import applied, finish_run, reset, stats, technique_for, technique_for_type
@@ -34,6 +35,9 @@ def apply(target, *configs: Any):
     holds), so every call resets technique state and records ``pipe.last_run``; :func:`remove` switches it
     back once nothing is applied.
 
+    All or nothing: when any technique fails to attach (on any expert), every technique this call attached is
+    detached again and the exception propagates; the target is exactly as it was, pipeline class included.
+
     Raises:
         ValueError: unknown config type, unsupported model class, or a technique that is already applied.
 
@@ -60,15 +64,18 @@ def apply(target, *configs: Any):
                     f"technique {cls.name!r} is already applied to {role} ({type(model).__name__}); "
                     f"call vidaccel.remove(target, {cls.config_type.__name__}) first"
                 )
-    for cfg, cls in zip(configs_list, classes):
-        attached: list[tuple[Any, registry.Technique]] = []
+    attached: list[tuple[Any, registry.Technique]] = []
+    with exclusive(m for _, m in models):  # not while a call on another thread uses these transformers
         try:
-            for role, model in models:
-                technique = cls(model, cfg, family_for(model), role=role, pipeline=pipeline)
-                technique.attach()
-                registry.record(model, technique)
-                attached.append((model, technique))
-        except Exception:
+            for cfg, cls in zip(configs_list, classes):
+                for role, model in models:
+                    # a technique's attach validates before it changes anything, so a failing one has nothing
+                    # to undo; the ones attached before it are detached below
+                    technique = cls(model, cfg, family_for(model), role=role, pipeline=pipeline)
+                    technique.attach()
+                    registry.record(model, technique)
+                    attached.append((model, technique))
+        except BaseException:
             for model, technique in reversed(attached):
                 technique.detach()
                 registry.forget(model, technique)
@@ -81,29 +88,46 @@ def apply(target, *configs: Any):
 def remove(target, *config_types: type):
     """Remove techniques (all of them when no types are given) and return ``target``.
 
-    Afterwards the transformer computes bit-identical outputs to one that never had them.
-    Techniques applied after a removed one are detached and re-attached in order, so each always sees the
-    model it was first applied to.
+    Afterwards the transformer computes bit-identical outputs to one that never had them, in the dtype and on the
+    device it has now (a model moved with ``.to()`` after ``apply`` gets its original layers back in its current
+    dtype and device). Techniques applied after a removed one are detached and re-attached in order, so each
+    always sees the model it was first applied to.
+
+    All or nothing: when a technique that would have to be detached cannot be (quantization loaded from a
+    checkpoint has no original weights), ``ValueError`` names it and nothing is removed; remove only the
+    techniques applied after it instead (e.g. ``vidaccel.remove(pipe, vidaccel.CacheConfig)``).
     """
     for cls in config_types:
         if not isinstance(cls, type):
             raise ValueError(f"remove() takes config types such as vidaccel.CacheConfig, got {cls!r}")
     names = {technique_for_type(cls).name for cls in config_types}
-    for _, model in pipeline_transformers(target):
-        table = registry.attached(model)
-        order = list(table.values())
+    models = pipeline_transformers(target)
+    plans = []
+    for role, model in models:
+        order = list(registry.attached(model).values())
         doomed = [t for t in order if not names or t.name in names]
         if not doomed:
             continue
-        first = order.index(doomed[0])
-        for t in reversed(order[first:]):
-            t.detach()
-        for t in order[first:]:
-            del table[t.name]
-        for t in order[first:]:
-            if t not in doomed:
-                t.attach()
-                table[t.name] = t
-    if _is_pipeline(target) and not any(registry.attached(m) for _, m in pipeline_transformers(target)):
+        touched = order[order.index(doomed[0]):]
+        for t in touched:
+            reason = t.removable()
+            if reason is not None:
+                later = [u.config_type.__name__ for u in order[order.index(t) + 1:]]
+                hint = (f"; remove only what was applied after it: vidaccel.remove(target, {', '.join(later)})"
+                        if later else "")
+                raise ValueError(f"cannot remove {sorted(u.name for u in doomed)} from the {role}: technique "
+                                 f"{t.name!r} {'is one of them' if t in doomed else 'must be detached first'} and "
+                                 f"{reason}; nothing was removed{hint}")
+        plans.append((model, touched, doomed))
+    with exclusive(m for _, m in models):
+        for model, touched, doomed in plans:
+            for t in reversed(touched):
+                t.detach()
+                registry.forget(model, t)  # the table follows each step, so it tells the truth if one fails
+            for t in touched:
+                if t not in doomed:
+                    t.attach()
+                    registry.record(model, t)
+    if _is_pipeline(target) and not any(registry.attached(m) for _, m in models):
         restore_pipeline_class(target)
     return target

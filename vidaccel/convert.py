@@ -43,18 +43,28 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # not a checkpoint at all: torch / safetensors fail in many ways on foreign bytes
+        raise ValueError(f"{path} is not a readable checkpoint (safetensors, or a torch file of tensors loadable "
+                         f"with weights_only=True): {type(e).__name__}: {str(e).strip()[:200]}") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} is not a checkpoint of named tensors: it holds a {type(sd).__name__}")
     for _ in range(3):  # trainer containers nest: {"generator_ema": {...}}
         if isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
             key = next((k for k in _CONTAINERS if k in sd), None)
             if key is None:
                 raise ValueError(f"{path}: no tensors found; top-level keys are {sorted(sd)[:10]}")
             sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} is not a checkpoint of named tensors")
     out = {_strip_prefixes(key): value for key, value in sd.items() if isinstance(value, torch.Tensor)}
     if not any(k.startswith("blocks.") for k in out):
         raise ValueError(f"{path}: no 'blocks.N.' keys after unwrapping; this is not a Wan transformer checkpoint")
@@ -110,11 +120,19 @@ def convert_wan_original(checkpoint: str | os.PathLike, out_dir: str | os.PathLi
 
     causal = CausalConfig(chunk_frames=chunk_frames, window_frames=window_frames, context_noise=context_noise,
                           max_sequence_length=max_sequence_length)
-    sd = convert_wan_transformer_to_diffusers(load_original_state_dict(checkpoint))
-    config = infer_wan_config(sd, head_dim=head_dim)
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**config)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if base is not None and not (Path(base) / "model_index.json").is_file():
+        raise ValueError(f"--base={base!r} is not a diffusers pipeline folder (no model_index.json)")
+    original = load_original_state_dict(checkpoint)
+    try:
+        sd = convert_wan_transformer_to_diffusers(original)
+        config = infer_wan_config(sd, head_dim=head_dim)
+        with torch.device("meta"):
+            model = WanTransformer3DModel(**config)
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    except KeyError as e:
+        raise ValueError(f"{checkpoint}: tensor {e} is missing; this is not a complete Wan transformer checkpoint") from None
+    except (RuntimeError, IndexError, TypeError) as e:
+        raise ValueError(f"{checkpoint}: its tensors do not form a Wan transformer ({str(e).strip()[:200]})") from None
     if missing or unexpected:
         raise ValueError(f"{checkpoint}: weights do not match the inferred config {config}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from .accel import resolve_accel
+from .core.technique import technique_for
+from .core.validation import check_path, shown
 from .families import pipeline_transformers
 
 logger = logging.getLogger(__name__)
@@ -26,12 +28,13 @@ EMBEDDED_NAMES = ("embedded", "shapes-t2v")
 
 
 def parse_dtype(dtype: Any) -> torch.dtype | None:
-    """``None``, a ``torch.dtype`` or one of ``float32|fp32|bfloat16|bf16|float16|fp16``."""
-    if dtype is None or isinstance(dtype, torch.dtype):
+    """``None``, a floating ``torch.dtype`` or one of ``float32|fp32|bfloat16|bf16|float16|fp16``."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in set(_DTYPES.values())):
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(_DTYPES)} or a torch.dtype")
+    raise ValueError(f"dtype={shown(dtype)} is not allowed: use one of {', '.join(_DTYPES)} or torch.float32 / "
+                     "torch.bfloat16 / torch.float16")
 
 
 def default_device() -> str:
@@ -41,12 +44,20 @@ def default_device() -> str:
 def _parse_device(device: Any) -> torch.device:
     if device is None:
         return torch.device(default_device())
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ValueError(f"device={shown(device)} is not allowed: use a torch device such as 'cpu', 'cuda', 'cuda:1'")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={shown(device)} is not allowed: use a torch device such as 'cpu', 'cuda', "
+                         "'cuda:1'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={shown(device)} is not allowed: vidaccel runs on 'cpu' or 'cuda'")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available on this machine; use 'cpu'")
+        raise ValueError(f"device={shown(device)} is not allowed: CUDA is not available on this machine; use 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={shown(device)} is not allowed: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s)")
     return dev
 
 
@@ -102,10 +113,24 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
     from .api import apply
     from .core.pipeline_class import accelerated_class_for
 
+    name = check_path("", "model", model)
     dtype = parse_dtype(dtype)
     dev = _parse_device(device)
-    configs = resolve_accel(accel)
-    name = os.fspath(model)
+    try:
+        configs = resolve_accel(accel)
+    except ValueError as e:
+        raise ValueError(f"accel={shown(accel)} is not allowed: {e}") from None
+    for config in configs:  # unknown config types are refused before the (slow) load
+        try:
+            technique_for(config)
+        except ValueError as e:
+            raise ValueError(f"accel={shown(accel)} is not allowed: {e}") from None
+    if os.path.isfile(name):
+        raise ValueError(f"model={shown(name)} is not allowed: it is a file; give 'embedded', a diffusers pipeline "
+                         "folder or a hub id")
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "model_index.json")):
+        raise ValueError(f"model={shown(name)} is not allowed: the folder has no model_index.json (not a diffusers "
+                         "pipeline folder)")
     if name in EMBEDDED_NAMES:
         pipe = _embedded_pipeline(dtype)
     else:

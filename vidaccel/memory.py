@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-__all__ = ["reset_peak_memory", "peak_memory"]
+__all__ = ["reset_peak_memory", "peak_memory", "available_bytes"]
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -33,3 +33,29 @@ def peak_memory(device: torch.device) -> float | None:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def available_bytes(device: torch.device | str) -> int | None:
+    """Bytes that can still be allocated on ``device``: free CUDA memory, or the host's ``MemAvailable`` for
+    the CPU; ``None`` when unknown (callers then skip their memory check)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 from typing import Any, Callable
 
 from .config import BenchConfig
@@ -120,9 +121,31 @@ def peer_cache_dit(threshold: float = 0.08) -> BenchConfig:
     return BenchConfig(name=f"cache-dit:{threshold:g}", enable=enable, disable=disable, kind="peer")
 
 
-PEERS: dict[str, tuple[Callable[..., BenchConfig], type, str]] = {
-    "fbc": (peer_first_block_cache, float, "diffusers FirstBlockCache, fbc[:threshold]"),
-    "magcache": (peer_magcache, float, "diffusers MagCache calibrated here, magcache[:threshold]"),
-    "taylorseer": (peer_taylorseer, int, "diffusers TaylorSeer, taylorseer[:cache_interval]"),
-    "cache-dit": (peer_cache_dit, float, "cache-dit DBCache F1B0, cache-dit[:threshold] (if installed)"),
+def _threshold(text: str) -> float:
+    """A peer's threshold: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"threshold {text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"threshold={value:g} is not allowed: it must be a finite number >= 0")
+    return value
+
+
+def _interval(text: str) -> int:
+    """A peer's cache interval: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"cache_interval {text!r} is not an integer") from None
+    if not 1 <= value <= 10_000:
+        raise ValueError(f"cache_interval={value} is not allowed: it must be an integer in [1, 10000]")
+    return value
+
+
+PEERS: dict[str, tuple[Callable[..., BenchConfig], Callable[[str], Any], str]] = {
+    "fbc": (peer_first_block_cache, _threshold, "diffusers FirstBlockCache, fbc[:threshold]"),
+    "magcache": (peer_magcache, _threshold, "diffusers MagCache calibrated here, magcache[:threshold]"),
+    "taylorseer": (peer_taylorseer, _interval, "diffusers TaylorSeer, taylorseer[:cache_interval]"),
+    "cache-dit": (peer_cache_dit, _threshold, "cache-dit DBCache F1B0, cache-dit[:threshold] (if installed)"),
 }

@@ -5,52 +5,73 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import CliError, add_model_args, add_size_args, call_kwargs, choice, int_at_least, load, presets
+from .common import (CliError, RunError, add_model_args, add_size_args, call_kwargs, choice, int_between, load,
+                     output_file, presets, say, seed)
 
 
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate a video from a prompt")
     g.add_argument("prompt")
-    g.add_argument("-o", "--output", default="out.mp4", help="mp4 path (default: out.mp4)")
+    g.add_argument("-o", "--output", default="out.mp4", type=output_file("--output", ".mp4"),
+                   help="mp4 path (default: out.mp4); its folder must exist")
     g.add_argument("--preset", default="none", type=choice("--preset", presets), help="acceleration preset")
-    g.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
-    g.add_argument("--fps", type=int_at_least("--fps", 1), default=None, help="mp4 frame rate (default: the model's)")
+    g.add_argument("--seed", type=seed(), default=0)
+    g.add_argument("--fps", type=int_between("--fps", 1, 1000), default=None, help="mp4 frame rate (default: the model's)")
     add_model_args(g)
     add_size_args(g)
     g.set_defaults(func=run)
+
+
+def check_run(pipe, kwargs: dict) -> None:
+    """Everything about this call that needs the loaded model, before any step: sizes, steps, memory and what
+    the applied techniques need (e.g. a cache's warm-up shorter than the run)."""
+    from ..core.pipeline_class import call_defaults
+    from ..core.technique import check_run as check_techniques
+    from .limits import check_memory, check_sizes, check_steps
+
+    sizes = check_sizes(pipe, kwargs)
+    steps = kwargs.get("num_inference_steps", call_defaults(pipe).get("num_inference_steps"))
+    steps = steps if isinstance(steps, int) else None
+    check_steps(pipe, steps)
+    try:
+        check_techniques(pipe, num_inference_steps=steps)
+    except ValueError as e:
+        raise CliError(f"{e} (--steps={steps})") from None
+    check_memory(pipe, sizes, kwargs)
+
+
+def max_sequence_length(pipe, kwargs: dict) -> int | None:
+    from ..core.pipeline_class import call_defaults
+
+    value = kwargs.get("max_sequence_length") or call_defaults(pipe).get("max_sequence_length")
+    return value if isinstance(value, int) else None
 
 
 def run(args) -> int:
     import torch
 
     from ..families import family_for, pipeline_transformers
-    from ..video import save_video
+    from ..video import NonFiniteFramesError, VideoWriteError, save_video
+    from .limits import prompt_notes
 
-    if not args.output.lower().endswith(".mp4"):
-        raise CliError(f"--output={args.output!r} is not allowed: the file name must end in .mp4")
     pipe = load(args, accel=args.preset)
     info = getattr(pipe, "vidaccel_model", {"name": args.model})
-    if info.get("name") == "shapes-t2v":
-        from ..models.shapes import unknown_words
-
-        unknown = unknown_words(args.prompt)
-        if unknown:
-            print(f"note: the embedded model does not know these words: {', '.join(unknown)}", file=sys.stderr)
     kwargs = call_kwargs(args, pipe)
-    model = pipeline_transformers(pipe)[0][1]
-    family = family_for(model)
-    # diffusers silently rounds sizes down to the model's patch grid; refuse instead of surprising the user.
-    multiple = pipe.vae_scale_factor_spatial * family.patch_size(model)[1]
-    for name in ("height", "width"):
-        value = kwargs.get(name)
-        if value is not None and value % multiple:
-            raise CliError(f"--{name}={value} is not allowed for this model: it must be a multiple of {multiple} "
-                           f"(VAE x{pipe.vae_scale_factor_spatial} times patch {family.patch_size(model)[1]})")
+    check_run(pipe, kwargs)
+    for note in prompt_notes(pipe, [args.prompt], max_sequence_length(pipe, kwargs)):
+        print(say(note), file=sys.stderr)
+    family = family_for(pipeline_transformers(pipe)[0][1])
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(prompt=args.prompt, generator=generator, output_type="np", **kwargs)
     frames = result.frames[0]
     fps = args.fps or family.fps
-    save_video(frames, args.output, fps=fps)
+    try:
+        save_video(frames, args.output, fps=fps)
+    except NonFiniteFramesError as e:
+        raise RunError(f"the generated video is not finite, so nothing was written: {e}"
+                       + ("; lower --guidance" if kwargs.get("guidance_scale", 0) > 20 else "")) from None
+    except VideoWriteError as e:
+        raise RunError(str(e)) from None
     run = pipe.last_run
     lines = [
         f"wrote {args.output}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} at {fps} fps",
@@ -65,5 +86,5 @@ def run(args) -> int:
         summary = {role: {k: v for k, v in st.items() if not isinstance(v, (dict, list))} if isinstance(st, dict) else st
                    for role, st in per_role.items()} if isinstance(per_role, dict) else per_role
         lines.append(f"stats       {name}: {json.dumps(summary, default=str)[:400]}")
-    print("\n".join(lines))
+    print("\n".join(say(line) for line in lines))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -24,7 +25,7 @@ def run(args) -> int:
 
     def version(mod: str) -> str:
         try:
-            return __import__(mod).__version__
+            return importlib.import_module(mod).__version__
         except Exception:
             return "not installed"
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
-from .common import CliError, choice, int_at_least
+from .common import (COUNT_MAX, CliError, choice, device, dtype_names, existing_file, frames, int_between, load,
+                     multiple_of_16, non_negative_float, output_dir, output_file, positive_float, seed)
 
 
 def _feature_maps() -> list[str]:
@@ -18,16 +18,20 @@ def _layers(text: str):
     if text == "auto":
         return "auto"
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise CliError(f"--layers={text!r} is not allowed: use 'auto' or comma-separated block indices") from None
+        raise CliError(f"--layers={text[:60]!r} is not allowed: use 'auto' or comma-separated block indices") from None
+    if any(i < 0 or i > 2**31 for i in layers):
+        raise CliError(f"--layers={text[:60]!r} is not allowed: block indices are integers >= 0")
+    return layers
 
 
 def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise CliError(f"--seeds={text!r} is not allowed: use comma-separated integers") from None
+    parse = seed("--seeds")
+    values = [parse(s) for s in text.split(",") if s.strip()]
+    if not values or len(values) > COUNT_MAX:
+        raise CliError(f"--seeds={text[:60]!r} is not allowed: give 1 to {COUNT_MAX} comma-separated integers")
+    return values
 
 
 def add_parser(sub) -> None:
@@ -36,26 +40,29 @@ def add_parser(sub) -> None:
                                    "safetensors adapter")
     p.add_argument("model", nargs="?", default="embedded", help="'embedded', a local folder or a hub id")
     p.add_argument("--prompt", action="append", default=[], help="prompt to sample (repeatable)")
-    p.add_argument("--prompts-file", help="text file, one prompt per line")
-    p.add_argument("--output", "-o", required=True, help="adapter path (.safetensors)")
+    p.add_argument("--prompts-file", type=existing_file("--prompts-file"), help="text file, one prompt per line")
+    p.add_argument("--output", "-o", required=True, type=output_file("--output", ".safetensors"),
+                   help="adapter path (.safetensors); its folder must exist")
     p.add_argument("--layers", default="auto", type=_layers, help="'auto' or comma-separated block indices")
-    p.add_argument("--num-layers", type=int_at_least("--num-layers", 0), default=None,
+    p.add_argument("--num-layers", type=int_between("--num-layers", 0, 2**31), default=None,
                    help="layers to swap with --layers auto")
     p.add_argument("--feature-map", default="hedgehog", type=choice("--feature-map", _feature_maps))
     p.add_argument("--rope", default="numerator", type=choice("--rope", lambda: ["numerator", "none"]))
-    p.add_argument("--steps", type=int_at_least("--steps", 0), default=200, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--final-weight", type=float, default=0.0, help="weight of the final-output loss")
-    p.add_argument("--inference-steps", type=int_at_least("--inference-steps", 1), default=None,
+    p.add_argument("--steps", type=int_between("--steps", 0, 10**7), default=200, help="optimizer steps")
+    p.add_argument("--lr", type=positive_float("--lr", 10.0), default=1e-2)
+    p.add_argument("--final-weight", type=non_negative_float("--final-weight", 1e6), default=0.0,
+                   help="weight of the final-output loss")
+    p.add_argument("--inference-steps", type=int_between("--inference-steps", 1, COUNT_MAX), default=None,
                    help="denoising steps of the sampled trajectories")
-    p.add_argument("--height", type=int_at_least("--height", 1), default=None)
-    p.add_argument("--width", type=int_at_least("--width", 1), default=None)
-    p.add_argument("--num-frames", type=int_at_least("--num-frames", 1), default=None)
+    p.add_argument("--height", type=multiple_of_16("--height"), default=None)
+    p.add_argument("--width", type=multiple_of_16("--width"), default=None)
+    p.add_argument("--num-frames", type=frames, default=None)
     p.add_argument("--seeds", default=[0], type=_seeds, help="comma-separated sampling seeds")
-    p.add_argument("--checkpoint-dir", default=None, help="where to keep the resumable training state")
+    p.add_argument("--checkpoint-dir", default=None, type=output_dir("--checkpoint-dir"),
+                   help="where to keep the resumable training state")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--device", default=None, type=device())
+    p.add_argument("--dtype", default=None, type=choice("--dtype", dtype_names))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -63,16 +70,18 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     prompts = list(args.prompt)
     if args.prompts_file:
-        if not os.path.isfile(args.prompts_file):
-            raise CliError(f"--prompts-file={args.prompts_file!r} does not exist")
-        with open(args.prompts_file) as f:
-            prompts += [line.strip() for line in f if line.strip()]
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"--prompts-file={args.prompts_file!r} is not allowed: it is not a readable UTF-8 text "
+                           f"file ({type(e).__name__})") from None
     if not prompts:
         raise CliError("give at least one --prompt or --prompts-file")
     if args.resume and not args.checkpoint_dir:
         raise CliError("--resume needs --checkpoint-dir")
     from ..accel.linear_attention import LinearAttentionConfig, linearize
-    from ..loading import load_pipeline
+    from .generate import check_run
 
     try:
         config = LinearAttentionConfig(layers=args.layers, num_layers=args.num_layers, feature_map=args.feature_map,
@@ -81,10 +90,9 @@ def run(args) -> int:
         raise CliError(str(e)) from None
     call_kwargs = {k: v for k, v in dict(num_inference_steps=args.inference_steps, height=args.height,
                                          width=args.width, num_frames=args.num_frames).items() if v is not None}
-    try:
-        pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
-    except (ValueError, OSError) as e:
-        raise CliError(f"cannot load model {args.model!r}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    pipe = load(args)
+    defaults = dict(getattr(pipe, "vidaccel_model", {}).get("defaults", {}))
+    check_run(pipe, {**defaults, **call_kwargs})
     pipe.set_progress_bar_config(disable=True)
     try:
         result = linearize(pipe, config, prompts=prompts, steps=args.steps, output=args.output,

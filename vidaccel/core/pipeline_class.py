@@ -15,14 +15,27 @@ progress bar, so no diffusers code is copied and every variant (T2V, I2V, V2V) i
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
 
+from ..families import pipeline_transformers
 from . import technique as registry
+from .concurrency import exclusive
 
 __all__ = ["AcceleratedPipelineMixin", "accelerate_pipeline_class", "restore_pipeline_class",
-           "accelerated_class_for", "register_accelerated_class"]
+           "accelerated_class_for", "register_accelerated_class", "call_defaults"]
+
+
+def call_defaults(pipe_or_class) -> dict:
+    """``{parameter: default}`` of the pipeline's own ``__call__`` (the diffusers one under vidaccel's wrapper)."""
+    cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
+    for klass in cls.__mro__:
+        if "__call__" in klass.__dict__ and not issubclass(klass, AcceleratedPipelineMixin):
+            params = inspect.signature(klass.__dict__["__call__"]).parameters
+            return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return {}
 
 
 def _sync(pipe) -> float:
@@ -81,6 +94,14 @@ class AcceleratedPipelineMixin:
         return _TimedBar(bar, self)
 
     def __call__(self, *args, **kwargs):
+        models = [m for _, m in pipeline_transformers(self) if registry.attached(m)]
+        with exclusive(models):  # calls sharing an accelerated transformer run one at a time (core.concurrency)
+            return self._accelerated_call(args, kwargs)
+
+    def _accelerated_call(self, args, kwargs):
+        steps = kwargs.get("num_inference_steps", call_defaults(self).get("num_inference_steps"))
+        if kwargs.get("timesteps") is None and kwargs.get("sigmas") is None:
+            registry.check_run(self, steps if isinstance(steps, int) else None)  # before any work
         registry.reset(self)
         self._vidaccel_marks = marks = {}
         start = _sync(self)

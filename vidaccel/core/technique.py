@@ -17,6 +17,8 @@ The techniques attached to a transformer live in an ordered table on the transfo
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import logging
 from typing import Any, ClassVar
@@ -26,10 +28,12 @@ from ..families import ModelFamily, pipeline_transformers
 logger = logging.getLogger(__name__)
 
 __all__ = ["Technique", "register_technique", "unregister_technique", "technique_for", "technique_for_type",
-           "registered_config_types", "attached", "record", "forget", "applied", "reset", "finish_run", "stats"]
+           "registered_config_types", "attached", "record", "forget", "applied", "reset", "finish_run", "check_run",
+           "stats"]
 
 _REGISTRY: dict[type, type["Technique"]] = {}
 _TABLE_ATTR = "_vidaccel_techniques"  # on each transformer: {technique name: Technique}, in application order
+_GUARD_ATTR = "_vidaccel_thread_guard"  # the handle of the forward pre-hook of core.concurrency
 
 
 class Technique:
@@ -55,16 +59,25 @@ class Technique:
         self.pipeline = pipeline
 
     def attach(self) -> None:
+        """Change the model. Validate first: an ``attach`` that raises must leave the model as it found it."""
         raise NotImplementedError
 
     def detach(self) -> None:
+        """Undo :meth:`attach` exactly, into the model's current dtype and device."""
         raise NotImplementedError
+
+    def removable(self) -> str | None:
+        """``None`` when :meth:`detach` can undo this technique, else why not (``remove`` then refuses up front)."""
+        return None
 
     def reset(self) -> None:
         """Forget all per-call state; called at the start of every pipeline call."""
 
     def finish_run(self) -> None:
         """Called after a pipeline call; the place to warn about a technique that did nothing."""
+
+    def check_run(self, num_inference_steps: int | None = None) -> None:
+        """Raise ``ValueError`` before a run this technique cannot serve (called before any work)."""
 
     def stats(self) -> dict:
         """Counters of the last call (plain Python numbers and lists)."""
@@ -143,13 +156,75 @@ def attached(model) -> dict[str, Technique]:
 
 
 def record(model, technique: Technique) -> None:
-    """Enter an attached technique in ``model``'s table."""
+    """Enter an attached technique in ``model``'s table (the first one also installs the copy and thread guards)."""
     attached(model)[technique.name] = technique
+    if "__deepcopy__" not in model.__dict__:
+        _install_guards(model)
 
 
 def forget(model, technique: Technique) -> None:
-    """Remove ``technique`` from ``model``'s table."""
-    attached(model).pop(technique.name, None)
+    """Remove ``technique`` from ``model``'s table (the last one also removes the guards)."""
+    table = attached(model)
+    table.pop(technique.name, None)
+    if not table:
+        _remove_guards(model)
+
+
+def _install_guards(model) -> None:
+    from .concurrency import foreign_call_guard, guarded_cache_context
+
+    # copy.deepcopy looks __deepcopy__ up on the instance first: see _deepcopy_with_techniques
+    object.__setattr__(model, "__deepcopy__", functools.partial(_deepcopy_with_techniques, model))
+    object.__setattr__(model, _GUARD_ATTR, model.register_forward_pre_hook(foreign_call_guard))
+    if callable(getattr(type(model), "cache_context", None)):
+        object.__setattr__(model, "cache_context", functools.partial(guarded_cache_context, model))
+
+
+def _remove_guards(model) -> None:
+    model.__dict__.pop("__deepcopy__", None)
+    model.__dict__.pop("cache_context", None)
+    handle = model.__dict__.pop(_GUARD_ATTR, None)
+    if handle is not None:
+        handle.remove()
+
+
+def _deepcopy_with_techniques(model, memo):
+    """``copy.deepcopy`` of a transformer with techniques attached: an independent copy with its own techniques.
+
+    Techniques hook the model with closures over themselves, which a plain deep copy would share with the
+    original (the copy's calls would run the original's hooks and state). So the techniques are detached, the
+    bare model is copied, and they are attached again to the original and, as new instances with the same
+    configs, to the copy (whose techniques point at the copied pipeline when the copy started there).
+    A technique that cannot be detached (see :meth:`Technique.removable`) makes the copy refuse.
+    """
+    from .concurrency import exclusive
+
+    techniques = list(attached(model).values())
+    blocked = [(t.name, reason) for t in techniques if (reason := t.removable()) is not None]
+    if blocked:
+        name, reason = blocked[0]
+        raise TypeError(f"copy.deepcopy of this {type(model).__name__} is not supported: technique {name!r} {reason}, "
+                        "so it cannot be detached to make an independent copy; build the copy from its files instead")
+    with exclusive([model]):
+        for t in reversed(techniques):
+            t.detach()
+        table = model.__dict__.pop(_TABLE_ATTR)
+        _remove_guards(model)
+        try:
+            clone = copy.deepcopy(model, memo)
+        finally:
+            object.__setattr__(model, _TABLE_ATTR, table)
+            _install_guards(model)
+            for t in techniques:
+                t.attach()
+    for t in techniques:
+        twin = copy.copy(t)  # keeps what a re-attach reuses (e.g. a calibrated plan); attach rebuilds the rest
+        twin.model = clone
+        # the copied pipeline when the copy started there; a bare copy keeps reading the original's (step count)
+        twin.pipeline = memo.get(id(t.pipeline), t.pipeline) if t.pipeline is not None else None
+        twin.attach()
+        record(clone, twin)
+    return clone
 
 
 def _techniques(target):
@@ -170,6 +245,12 @@ def reset(target) -> None:
     """Reset the per-call state of every technique (pipelines do this at the start of each call)."""
     for _, technique in _techniques(target):
         technique.reset()
+
+
+def check_run(target, num_inference_steps: int | None = None) -> None:
+    """Ask every technique whether it can serve a run of ``num_inference_steps`` (``ValueError`` if not)."""
+    for _, technique in _techniques(target):
+        technique.check_run(num_inference_steps)
 
 
 def finish_run(target) -> None:

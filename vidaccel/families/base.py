@@ -182,6 +182,10 @@ class ModelFamily:
         f, h, w = latent_shape
         return (-(-f // pt), h // ph, w // pw)
 
+    def token_grid_limit(self, model: nn.Module) -> tuple[int | None, int | None, int | None]:
+        """The largest token grid ``(T, H, W)`` the transformer's position encoding covers (``None``: no limit)."""
+        return (None, None, None)
+
     def input_grid(self, model: nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """Token grid of a transformer call's latent ``hidden_states`` input."""
         return self.token_grid(model, tuple(hidden_states.shape[a] for a in self.latent_axes))

@@ -53,6 +53,10 @@ class WanFamily(ModelFamily):
     def rope_frame_limit(self, model: nn.Module) -> int:
         return model.rope.freqs_cos.shape[0]
 
+    def token_grid_limit(self, model: nn.Module) -> tuple[int, int, int]:
+        limit = self.rope_frame_limit(model)  # one table of rope_max_seq_len positions per axis
+        return (limit, limit, limit)
+
     def rope_table(self, model, frames, height, width):
         limit = self.rope_frame_limit(model)
         if frames > limit:

@@ -142,11 +142,12 @@ def _tokens(prompt: str) -> list[str]:
 def unknown_words(prompt: str) -> list[str]:
     """Words of ``prompt`` that the embedded models were not trained on, in order, without repeats.
 
-    ``[]`` for every prompt of the grammar. Case and punctuation are ignored.
+    ``[]`` for every prompt of the grammar. Case and punctuation are ignored; words in any script count (the
+    tokenizer turns letters it lacks, such as ``é`` or ``日``, into unknown tokens), as do numbers.
     """
     known = set(vocabulary_words())
     out: list[str] = []
-    for w in _tokens(prompt):
+    for w in re.findall(r"[^\W_]+", prompt.lower()):
         if w not in known and w not in out:
             out.append(w)
     return out

@@ -30,20 +30,42 @@ class DropInPipelineMixin(AcceleratedPipelineMixin):
         """
         configs = resolve_accel(accel)  # validate before the (slow) load
         if quantized is not None:
-            from ..accel.quantization import load_quantized_transformer
+            from ..accel.quantization.checkpoint import load_quantized_transformer, quantized_roles
 
-            found = False
-            for role in ("transformer", "transformer_2"):
-                if os.path.isfile(os.path.join(os.fspath(quantized), f"{role}.safetensors")):
-                    kwargs.setdefault(role, load_quantized_transformer(quantized, role))
-                    found = True
-            if not found:
-                raise ValueError(f"quantized={os.fspath(quantized)!r} holds no transformer.safetensors written by "
+            folder = os.fspath(quantized)
+            index, configs_of = _base_configs(cls, pretrained_model_name_or_path)
+            expected = None if index is None else [r for r in ("transformer", "transformer_2")
+                                                   if isinstance(index.get(r), (list, tuple)) and index[r][0]]
+            roles = quantized_roles(folder, expected)
+            if not roles:
+                raise ValueError(f"quantized={folder!r} holds no transformer.safetensors written by "
                                  "vidaccel.save_quantized")
+            for role in roles:
+                kwargs.setdefault(role, load_quantized_transformer(folder, role, expected_config=configs_of(role)))
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if configs:
             api.apply(pipe, *configs)
         return pipe
+
+
+def _base_configs(cls, name):
+    """The base pipeline's ``model_index.json`` and a reader of its ``<role>/config.json`` (both ``None`` when they
+    cannot be read without downloading weights, e.g. offline; the checkpoint checks then rely on the files)."""
+    try:
+        index = cls.load_config(name)
+    except Exception:  # offline hub id, or not a pipeline: diffusers reports that on loading itself
+        return None, lambda role: None
+
+    def config_of(role):
+        try:
+            import diffusers
+
+            model_cls = getattr(diffusers, index[role][1])
+            return dict(model_cls.load_config(name, subfolder=role))
+        except Exception:  # no such component, or its config cannot be fetched: the header is trusted alone
+            return None
+
+    return dict(index), config_of
 
 
 def register_drop_in(*classes: type) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...core.presets import register_preset
+from ...core.validation import bad_value, check_choice, check_int, check_number
 
 __all__ = ["CacheConfig", "POLICIES"]
 
@@ -56,18 +57,22 @@ class CacheConfig:
     _technique_module: ClassVar[str] = "vidaccel.accel.caching.technique"
 
     def __post_init__(self):
-        if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
-            raise ValueError(f"CacheConfig.threshold={self.threshold!r} is not allowed: it must be a number >= 0")
-        if self.policy not in POLICIES:
-            raise ValueError(f"CacheConfig.policy={self.policy!r} is not allowed; choose one of {', '.join(POLICIES)}")
-        if self.forecast_order not in (0, 1, 2):
-            raise ValueError(f"CacheConfig.forecast_order={self.forecast_order!r} is not allowed: use 0, 1 or 2")
+        o = "CacheConfig"
+        self.threshold = check_number(o, "threshold", self.threshold, lo=0, allow_inf=True)
+        self.policy = check_choice(o, "policy", self.policy, POLICIES)
+        self.forecast_order = check_int(o, "forecast_order", self.forecast_order, lo=0, hi=2)
+        self.compute_front = check_int(o, "compute_front", self.compute_front, lo=0, optional=True)
         if self.compute_front is None:
             self.compute_front = 0 if self.policy in ("step", "call") else 1
-        for name in ("compute_front", "compute_back", "warmup_steps", "final_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"CacheConfig.{name}={value!r} is not allowed: it must be an integer >= 0")
+        for name in ("compute_back", "warmup_steps", "final_steps"):
+            setattr(self, name, check_int(o, name, getattr(self, name), lo=0))
+        self.interval = check_int(o, "interval", self.interval, lo=1)
+        self.max_consecutive_skips = check_int(o, "max_consecutive_skips", self.max_consecutive_skips, lo=1)
+        self.cache_ratio = check_number(o, "cache_ratio", self.cache_ratio, lo=0, hi=1, lo_open=True)
+        self.cfg_interval = check_int(o, "cfg_interval", self.cfg_interval, lo=0)
+        if self.cfg_interval == 1:
+            raise bad_value(o, "cfg_interval", 1, "use 0 (off) or an integer >= 2")
+        self.num_inference_steps = check_int(o, "num_inference_steps", self.num_inference_steps, lo=1, optional=True)
         if self.policy == "call" and (self.compute_front or self.compute_back):
             field_ = "compute_front" if self.compute_front else "compute_back"
             raise ValueError(f"CacheConfig.{field_}={getattr(self, field_)} is not allowed with policy='call': "
@@ -76,27 +81,16 @@ class CacheConfig:
             raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy='call' and "
                              f"forecast_order={self.forecast_order}: the error rate is first measured on call "
                              f"{self.forecast_order + 2}, so it needs >= {self.forecast_order + 2}")
-        if not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"CacheConfig.interval={self.interval!r} is not allowed: it must be an integer >= 1")
         if self.policy in ("block", "profiled") and self.compute_front < 1:
             raise ValueError(f"CacheConfig.compute_front={self.compute_front} is not allowed with "
                              f"policy={self.policy!r}: its indicator needs at least 1 front block")
         if self.policy in ("step", "profiled") and self.warmup_steps < 2:
             raise ValueError(f"CacheConfig.warmup_steps={self.warmup_steps} is not allowed with policy="
                              f"{self.policy!r}: it learns from the warm-up calls, so it needs >= 2")
-        if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 1:
-            raise ValueError(f"CacheConfig.max_consecutive_skips={self.max_consecutive_skips!r} is not allowed: "
-                             "it must be an integer >= 1")
-        if not 0.0 < self.cache_ratio <= 1.0:
-            raise ValueError(f"CacheConfig.cache_ratio={self.cache_ratio!r} is not allowed: it must be in (0, 1]")
-        if not isinstance(self.cfg_interval, int) or self.cfg_interval < 0 or self.cfg_interval == 1:
-            raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval!r} is not allowed: use 0 (off) or an "
-                             "integer >= 2")
         if self.cfg_interval and self.policy in ("profiled", "call"):
-            raise ValueError(f"CacheConfig.cfg_interval is not allowed with policy={self.policy!r} (it reuses the "
-                             "skippable span's residual); use policy='block' or 'step'")
-        if self.num_inference_steps is not None and self.num_inference_steps < 1:
-            raise ValueError(f"CacheConfig.num_inference_steps={self.num_inference_steps!r} is not allowed: >= 1")
+            raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval} is not allowed with policy="
+                             f"{self.policy!r} (it reuses the skippable span's residual); use policy='block' or "
+                             "'step'")
 
 
 # -- presets -------------------------------------------------------------------------------------------

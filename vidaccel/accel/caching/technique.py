@@ -153,6 +153,12 @@ class CacheTechnique(Technique):
                            cfg.cfg_interval, type(self.model).__name__, self.family.cfg_style)
         self.reset()
 
+    def check_run(self, num_inference_steps: int | None = None) -> None:
+        if num_inference_steps is not None and self.config.threshold > 0 and \
+                self.config.warmup_steps >= num_inference_steps:
+            raise ValueError(f"CacheConfig.warmup_steps={self.config.warmup_steps} is not allowed for a run of "
+                             f"{num_inference_steps} steps: it must be smaller than the number of steps")
+
     def detach(self) -> None:
         HookRegistry.check_if_exists_or_initialize(self.model).remove_hook(_CONTROLLER_HOOK, recurse=False)
         for block in self.family.blocks(self.model) if not self.whole_call else ():
@@ -184,9 +190,7 @@ class CacheTechnique(Technique):
         state.context_name = ctx.name
         state.total_steps = ctx.num_inference_steps or getattr(self.pipeline, "_num_timesteps", None) or \
             self.config.num_inference_steps
-        if state.total_steps is not None and self.config.threshold > 0 and self.config.warmup_steps >= state.total_steps:
-            raise ValueError(f"CacheConfig.warmup_steps={self.config.warmup_steps} is not allowed for a run of "
-                             f"{state.total_steps} steps: it must be smaller than the number of steps")
+        self.check_run(state.total_steps)
         self.current = state
 
     @torch.compiler.disable

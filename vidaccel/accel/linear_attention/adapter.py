@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from ...core.validation import shown
+
 __all__ = ["ADAPTER_FORMAT", "ADAPTER_VERSION", "read_adapter_metadata", "save_adapter", "load_adapter_tensors"]
 
 #: ``format`` metadata value of adapter files.
@@ -18,18 +20,27 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
     from safetensors import safe_open
 
     path = os.fspath(path)
+    label = f"LinearAttentionConfig.adapter={shown(path)} is not allowed"
     if not os.path.isfile(path):
-        raise ValueError(f"LinearAttentionConfig.adapter={path!r} is not allowed: no such file")
+        raise ValueError(f"{label}: no such file")
     try:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:  # not a safetensors file
-        raise ValueError(f"LinearAttentionConfig.adapter={path!r} is not a safetensors file: {e}") from None
+        raise ValueError(f"{label}: it is not a safetensors file ({str(e)[:200]})") from None
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"LinearAttentionConfig.adapter={path!r} is not a linear-attention adapter "
+        raise ValueError(f"{label}: it is not a linear-attention adapter "
                          f"(metadata format={meta.get('format')!r}, expected {ADAPTER_FORMAT!r})")
+    missing = [k for k in ("model_class", "feature_map", "rope", "roles") if k not in meta]
+    if missing:
+        raise ValueError(f"{label}: its header lacks {missing}; expected an adapter written by vidaccel.linearize")
     for key in ("roles", "ranking", "sensitivity"):
-        meta[key] = json.loads(meta.get(key) or "{}")
+        try:
+            meta[key] = json.loads(meta.get(key) or "{}")
+        except ValueError:
+            raise ValueError(f"{label}: its header field {key!r} is not valid JSON") from None
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"{label}: its header field {key!r} is not a JSON object")
     return meta
 
 

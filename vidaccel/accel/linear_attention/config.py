@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ...core.validation import INT64_MAX, check_choice, check_int, check_number, check_path, check_str_list, shown
 from ...kernels import backend_names
 from .adapter import read_adapter_metadata
 
@@ -21,7 +21,7 @@ DEFAULT_CALIBRATION_PROMPTS = ("a red circle moving right on a black background"
 
 def _bad(name: str, value, allowed: str) -> ValueError:
     sep = "; " if allowed.startswith("allowed") else ": "
-    return ValueError(f"LinearAttentionConfig.{name}={value!r} is not allowed{sep}{allowed}")
+    return ValueError(f"LinearAttentionConfig.{name}={shown(value)} is not allowed{sep}{allowed}")
 
 
 @dataclass
@@ -59,10 +59,11 @@ class LinearAttentionConfig:
     _technique_module: ClassVar[str] = "vidaccel.accel.linear_attention.technique"
 
     def __post_init__(self):
+        o = "LinearAttentionConfig"
+        if self.adapter is None and self.adapter_metadata is not None:
+            raise _bad("adapter_metadata", self.adapter_metadata, "it is read from adapter=; leave it None")
         if self.adapter is not None:
-            if not isinstance(self.adapter, (str, os.PathLike)):
-                raise _bad("adapter", self.adapter, "it must be a path to a .safetensors adapter or None")
-            self.adapter = os.fspath(self.adapter)
+            self.adapter = check_path(o, "adapter", self.adapter)
             meta = read_adapter_metadata(self.adapter)
             self.adapter_metadata = meta
             self.feature_map = meta["feature_map"]
@@ -72,31 +73,21 @@ class LinearAttentionConfig:
             if self.layers != "auto":
                 raise _bad("layers", self.layers, "use 'auto' or a list of block indices (ints >= 0)")
         else:
-            try:
-                layers = list(self.layers)
-            except TypeError:
-                raise _bad("layers", self.layers, "use 'auto' or a list of block indices (ints >= 0)") from None
-            if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+            layers = self.layers
+            if not isinstance(layers, (list, tuple, set, frozenset, range)) or any(
+                    not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= INT64_MAX for i in layers):
                 raise _bad("layers", self.layers, "use 'auto' or a list of block indices (ints >= 0)")
             self.layers = tuple(sorted(set(layers)))
-        if self.num_layers is not None and (not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool)
-                                            or self.num_layers < 0):
-            raise _bad("num_layers", self.num_layers, "it must be an int >= 0 or None (half the layers)")
+        self.num_layers = check_int(o, "num_layers", self.num_layers, lo=0, optional=True)
         if self.num_layers is not None and self.layers != "auto":
             raise _bad("num_layers", self.num_layers, "it is only used with layers='auto'")
-        if self.feature_map not in FEATURE_MAP_NAMES:
-            raise _bad("feature_map", self.feature_map, f"allowed: {', '.join(FEATURE_MAP_NAMES)}")
-        if self.rope not in ROPE_MODES:
-            raise _bad("rope", self.rope, f"allowed: {', '.join(ROPE_MODES)}")
-        if self.backend not in BACKENDS:
-            raise _bad("backend", self.backend, f"allowed: {', '.join(BACKENDS)}")
+        self.feature_map = check_choice(o, "feature_map", self.feature_map, FEATURE_MAP_NAMES)
+        self.rope = check_choice(o, "rope", self.rope, ROPE_MODES)
+        self.backend = check_choice(o, "backend", self.backend, BACKENDS)
         if isinstance(self.calibration_prompts, str):
             self.calibration_prompts = (self.calibration_prompts,)
-        self.calibration_prompts = tuple(self.calibration_prompts)
-        if not self.calibration_prompts or not all(isinstance(p, str) for p in self.calibration_prompts):
-            raise _bad("calibration_prompts", self.calibration_prompts, "it must be a non-empty list of strings")
-        if not isinstance(self.calibration_kwargs, dict):
+        self.calibration_prompts = tuple(check_str_list(o, "calibration_prompts", self.calibration_prompts,
+                                                        empty_items=False, empty=False))
+        if not isinstance(self.calibration_kwargs, dict) or not all(isinstance(k, str) for k in self.calibration_kwargs):
             raise _bad("calibration_kwargs", self.calibration_kwargs, "it must be a dict of pipeline call arguments")
-        if not isinstance(self.eps, (int, float)) or not self.eps > 0:
-            raise _bad("eps", self.eps, "it must be a float > 0")
-
+        self.eps = check_number(o, "eps", self.eps, lo=0, lo_open=True)

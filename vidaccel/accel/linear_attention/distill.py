@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from ...core.state_io import load_state, save_state as write_state
 from ...families import family_for, pipeline_transformers
 from .adapter import save_adapter
 from .config import LinearAttentionConfig
@@ -89,6 +90,22 @@ def layer_output_error(pipe, config: LinearAttentionConfig, *, prompts: Sequence
     return out
 
 
+STATE_FILE = "linearize_state.safetensors"  # safetensors + a JSON header: nothing in it can run code
+
+
+def _check_layers(pipe, config: LinearAttentionConfig) -> None:
+    """Refuse layer indices / counts the transformers do not have, before any trajectory is sampled."""
+    for role, model in pipeline_transformers(pipe):
+        n = len(family_for(model).blocks(model))
+        if config.layers == "auto":
+            if config.num_layers is not None and config.num_layers > n:
+                raise ValueError(f"LinearAttentionConfig.num_layers={config.num_layers} is not allowed: the {role} "
+                                 f"has {n} layers")
+        elif any(i >= n for i in config.layers):
+            raise ValueError(f"LinearAttentionConfig.layers={list(config.layers)} is not allowed: the {role} has {n} "
+                             f"layers (indices 0..{n - 1})")
+
+
 def linearize(pipe, config: LinearAttentionConfig | None = None, *, prompts: Sequence[str], steps: int = 200,
               output: str | os.PathLike | None = None, call_kwargs: dict | None = None, seeds: Sequence[int] = (0,),
               lr: float = 1e-2, final_weight: float = 0.0, checkpoint_dir: str | os.PathLike | None = None,
@@ -125,6 +142,7 @@ def linearize(pipe, config: LinearAttentionConfig | None = None, *, prompts: Seq
         raise ValueError("prompts must not be empty")
     if isinstance(prompts, str):
         prompts = [prompts]
+    _check_layers(pipe, config)
     accelerator = Accelerator()
     if accelerator.num_processes > 1:  # `accelerate launch`: one pipeline copy per device
         pipe.to(accelerator.device)
@@ -137,15 +155,18 @@ def linearize(pipe, config: LinearAttentionConfig | None = None, *, prompts: Seq
         t.model.requires_grad_(False)
     losses: list[float] = []
     start = 0
-    state_path = os.path.join(os.fspath(checkpoint_dir), "linearize_state.pt") if checkpoint_dir else None
+    state_path = os.path.join(os.fspath(checkpoint_dir), STATE_FILE) if checkpoint_dir else None
     try:
         calls = [(role, i) for role, recs in sorted(records.items()) for i in range(len(recs))
                  if techniques[role].layers]
         calls = calls[accelerator.process_index::accelerator.num_processes] or calls
         opt = torch.optim.Adam(params, lr=lr) if params else None
         if resume and state_path and os.path.isfile(state_path):
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
-            if state["layers"] != {r: t.layers for r, t in techniques.items()}:
+            state = load_state(state_path)
+            if not isinstance(state, dict) or not {"step", "losses", "layers", "params", "optim"} <= set(state):
+                raise ValueError(f"checkpoint {state_path} is not a linearize state (it lacks step / losses / layers / "
+                                 "params / optim)")
+            if state["layers"] != {r: list(t.layers) for r, t in techniques.items()}:
                 raise ValueError(f"checkpoint {state_path} was made for layers {state['layers']}, not "
                                  f"{ {r: t.layers for r, t in techniques.items()} }")
             for role, t in techniques.items():
@@ -162,9 +183,10 @@ def linearize(pipe, config: LinearAttentionConfig | None = None, *, prompts: Seq
         def save_state(step):
             if state_path and accelerator.is_main_process:
                 os.makedirs(os.path.dirname(state_path), exist_ok=True)
-                torch.save({"step": step, "losses": losses, "layers": {r: t.layers for r, t in techniques.items()},
-                            "params": {r: t.feature_maps.state_dict() for r, t in techniques.items()},
-                            "optim": opt.state_dict()}, state_path)
+                write_state(state_path, {"step": step, "losses": losses,
+                                        "layers": {r: list(t.layers) for r, t in techniques.items()},
+                                        "params": {r: t.feature_maps.state_dict() for r, t in techniques.items()},
+                                        "optim": opt.state_dict()})
 
         bar = tqdm(range(start, steps), desc="linearize", disable=not (progress and accelerator.is_local_main_process),
                    initial=start, total=steps)

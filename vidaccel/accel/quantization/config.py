@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ...core.presets import register_preset
+from ...core.validation import bad_value, check_choice, check_int, check_number, check_str_list, shown
 from ...families.base import FRAGILE_KINDS
 from ...kernels import backend_names
 
@@ -66,51 +67,47 @@ class QuantConfig:
     _technique_module: ClassVar[str] = "vidaccel.accel.quantization.technique"
 
     def __post_init__(self):
-        def check(name, value, allowed):
-            if value not in allowed:
-                raise ValueError(f"QuantConfig.{name}={value!r} is not allowed; allowed: "
-                                 f"{', '.join(repr(a) for a in allowed)}")
-
-        check("format", self.format, FORMATS)
+        o = "QuantConfig"
+        self.format = check_choice(o, "format", self.format, FORMATS, quoted=True)
         if self.activations is None:
             self.activations = "none" if self.format == "nvfp4" else "dynamic"
-        check("activations", self.activations, ACTIVATIONS)
+        self.activations = check_choice(o, "activations", self.activations, ACTIVATIONS, quoted=True)
         if self.format == "nvfp4" and self.activations != "none":
             raise ValueError("QuantConfig.activations='dynamic' is not allowed with format='nvfp4': NVFP4 layers are "
                              "weight-only (W4A16); allowed: 'none' (or use format='fp8' / 'mixed')")
-        check("skip_format", self.skip_format, SKIP_FORMATS)
-        check("keep_original", self.keep_original, KEEP_ORIGINAL)
-        check("measure_sqnr", self.measure_sqnr, SQNR_MODES)
-        check("backend", self.backend, BACKENDS)
+        self.skip_format = check_choice(o, "skip_format", self.skip_format, SKIP_FORMATS, quoted=True)
+        self.keep_original = check_choice(o, "keep_original", self.keep_original, KEEP_ORIGINAL, quoted=True)
+        self.measure_sqnr = check_choice(o, "measure_sqnr", self.measure_sqnr, SQNR_MODES, quoted=True)
+        self.backend = check_choice(o, "backend", self.backend, BACKENDS, quoted=True)
         if self.skip is not None:
-            if isinstance(self.skip, str) or not all(isinstance(p, str) for p in self.skip):
-                raise ValueError(f"QuantConfig.skip={self.skip!r} is not allowed: it must be a list of regex strings")
+            self.skip = check_str_list(o, "skip", self.skip, what="a list of regex strings")
             for p in self.skip:
                 try:
                     re.compile(p)
-                except re.error as e:
-                    raise ValueError(f"QuantConfig.skip pattern {p!r} is not a valid regex: {e}") from None
-            self.skip = list(self.skip)
-        if isinstance(self.quantize_fragile, str) or not all(k in FRAGILE_KINDS for k in self.quantize_fragile):
-            raise ValueError(f"QuantConfig.quantize_fragile={self.quantize_fragile!r} is not allowed: it must be a "
-                             f"list of fragile-layer kinds among {', '.join(repr(k) for k in FRAGILE_KINDS)}")
-        self.quantize_fragile = tuple(self.quantize_fragile)
+                except (re.error, RecursionError, OverflowError) as e:
+                    raise bad_value(o, "skip", self.skip, f"pattern {shown(p)} is not a valid regex ({e})") from None
+        kinds = self.quantize_fragile
+        if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) and k in FRAGILE_KINDS for k in kinds):
+            raise bad_value(o, "quantize_fragile", kinds, "it must be a list of fragile-layer kinds among "
+                            f"{', '.join(repr(k) for k in FRAGILE_KINDS)}")
+        self.quantize_fragile = tuple(kinds)
         if self.quantize_fragile and self.skip is not None:
             raise ValueError("QuantConfig.quantize_fragile is only allowed with skip=None (it selects among the "
                              "model family's fragile layers, which a skip list replaces)")
-        if not (0.0 <= self.mixed_fp8_fraction <= 1.0):
-            raise ValueError(f"QuantConfig.mixed_fp8_fraction={self.mixed_fp8_fraction!r} is not allowed; "
-                             "it must be in [0, 1]")
-        if self.sqnr_tokens < 1:
-            raise ValueError(f"QuantConfig.sqnr_tokens={self.sqnr_tokens!r} is not allowed; it must be >= 1")
+        self.mixed_fp8_fraction = check_number(o, "mixed_fp8_fraction", self.mixed_fp8_fraction, lo=0, hi=1)
+        self.sqnr_tokens = check_int(o, "sqnr_tokens", self.sqnr_tokens, lo=1, hi=2**31 - 1)
         if self.plan is not None:
+            if not isinstance(self.plan, dict):
+                raise bad_value(o, "plan", self.plan, "it must be a dict {layer name: 'fp8' | 'nvfp4'} (or "
+                                "{role: {...}}) or None")
             if self.format != "mixed":
-                raise ValueError(f"QuantConfig.plan is only allowed with format='mixed', got format={self.format!r}")
+                raise bad_value(o, "plan", self.plan, f"a plan is only allowed with format='mixed', not format="
+                                f"{self.format!r}")
             for key, value in self.plan.items():
                 inner = value.items() if isinstance(value, dict) else [(key, value)]
                 for name, fmt in inner:
-                    if fmt not in ("fp8", "nvfp4"):
-                        raise ValueError(f"QuantConfig.plan[{name!r}]={fmt!r} is not allowed; allowed: 'fp8', 'nvfp4'")
+                    if not isinstance(name, str) or not isinstance(fmt, str) or fmt not in ("fp8", "nvfp4"):
+                        raise bad_value(o, f"plan[{shown(name)}]", fmt, "allowed: 'fp8', 'nvfp4' for a layer name")
 
     def skip_patterns(self, family: ModelFamily | None) -> list[tuple[str, str]]:
         """``(regex, reason)`` of the layers kept in high precision on a model of ``family`` (``None``: a module

@@ -70,12 +70,12 @@ def quantize_linears(module: nn.Module, config: QuantConfig, formats: dict[str, 
     if formats is None:
         formats, _ = layer_formats(module, config, config.plan_for("transformer"))
     out = {}
-    for name, fmt in formats.items():
+    for name, fmt in formats.items():  # every layer is built before any is swapped: a failure changes nothing
         linear = module.get_submodule(name)
-        qmodule = build_quantized(linear, fmt, config, name)
-        qmodule.set_original(linear)
+        out[name] = build_quantized(linear, fmt, config, name)
+        out[name].set_original(linear)
+    for name, qmodule in out.items():
         set_child(module, name, qmodule)
-        out[name] = qmodule
     return out
 
 

@@ -44,6 +44,7 @@ class QuantTechnique(Technique):
         self.probe = SqnrProbe(self.config.sqnr_tokens)
         self.calls = 0
         self.handles = []
+        self.attach_dtype = self.model.dtype
         # a plan given in the config, else the one calibrated earlier (re-attach after vidaccel.remove of a
         # technique applied before this one must not calibrate again)
         plan = self.config.plan_for(self.role) or getattr(self, "calibrated_plan", None)
@@ -82,6 +83,10 @@ class QuantTechnique(Technique):
 
     def _quantize(self, plan: dict[str, str] | None) -> None:
         self.formats, self.skipped = layer_formats(self.model, self.config, plan)
+        if not self.formats:
+            logger.warning("QuantConfig(skip=%r) quantizes nothing on the %s: every one of its %d linear layers "
+                           "matches a skip pattern, so it runs in full precision", self.config.skip, self.role,
+                           len(self.skipped))
         self.quantized = quantize_linears(self.model, self.config, self.formats)
         for name, qmodule in self.quantized.items():
             self.originals[name] = qmodule.original
@@ -90,10 +95,17 @@ class QuantTechnique(Technique):
             for linear in self.originals.values():
                 linear.to("cpu")
 
+    def removable(self) -> str | None:
+        if self.loaded:
+            return ("was loaded from a quantized checkpoint: its original weights are not in memory (load the "
+                    "unquantized model with from_pretrained instead)")
+        return None
+
     def detach(self) -> None:
         if self.loaded:
             raise RuntimeError(f"the {self.role} was built by load_quantized: its original weights are not in memory, "
                                "so quantization cannot be removed; load the unquantized model with from_pretrained")
+        dtype = self.model.dtype  # the originals go back in the model's dtype of now (pipe.to(...) after apply)
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -105,6 +117,8 @@ class QuantTechnique(Technique):
             ref = qmodule.weight_fp8 if isinstance(qmodule, Fp8Linear) else qmodule.weight_packed
             if linear.weight.device != ref.device:
                 linear.to(ref.device)
+            if dtype != self.attach_dtype and linear.weight.dtype != dtype:
+                linear.to(dtype)
             qmodule.set_original(None)
             set_child(self.model, name, linear)
         self.originals.clear()

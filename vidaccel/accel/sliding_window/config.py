@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ...core.validation import INT64_MAX, bad_value, check_choice, check_int
 from ...kernels import backend_names
 
 __all__ = ["SlidingWindowConfig"]
@@ -16,10 +17,10 @@ def _triple(name: str, value, optional: bool = False):
     if value is None and optional:
         return None
     ok = isinstance(value, (tuple, list)) and len(value) == 3 and all(
-        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value)
+        isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= INT64_MAX for x in value)
     if not ok:
-        raise ValueError(f"SlidingWindowConfig.{name}={value!r} is not allowed: it must be three integers "
-                         f"(t, h, w) in tokens, each >= 1")
+        raise bad_value("SlidingWindowConfig", name, value, "it must be three integers (t, h, w) in tokens, each >= 1"
+                        + (" (or None)" if optional else ""))
     return tuple(value)
 
 
@@ -56,23 +57,17 @@ class SlidingWindowConfig:
         self.train_grid = _triple("train_grid", self.train_grid, optional=True)
         if self.window is None:
             if self.train_grid is None:
-                raise ValueError("SlidingWindowConfig.window=None is only allowed with train_grid (FreeSwim mode); "
-                                 "give window=(wt, wh, ww) in tokens")
+                raise ValueError("SlidingWindowConfig.window=None is not allowed with train_grid=None: give "
+                                 "window=(wt, wh, ww) in tokens, or train_grid=(T, H, W) (FreeSwim mode)")
             self.window = self.train_grid
         self.window = _triple("window", self.window)
         self.tile = _triple("tile", self.tile, optional=True)
         for name in ("dense_steps", "cross_attn_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"SlidingWindowConfig.{name}={value!r} is not allowed: it must be an int >= 0")
-        try:
-            layers = tuple(self.dense_layers)
-        except TypeError:
-            layers = None
-        if layers is None or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
-            raise ValueError(f"SlidingWindowConfig.dense_layers={self.dense_layers!r} is not allowed: it must be a "
-                             f"list of block indices >= 0")
+            setattr(self, name, check_int("SlidingWindowConfig", name, getattr(self, name), lo=0))
+        layers = self.dense_layers
+        if not isinstance(layers, (list, tuple, set, frozenset, range)) or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= INT64_MAX for i in layers):
+            raise bad_value("SlidingWindowConfig", "dense_layers", self.dense_layers,
+                            "it must be a list of block indices (integers >= 0)")
         self.dense_layers = tuple(sorted(set(layers)))
-        if self.backend not in BACKENDS:
-            raise ValueError(f"SlidingWindowConfig.backend={self.backend!r} is not allowed; allowed: "
-                             f"{', '.join(BACKENDS)}")
+        self.backend = check_choice("SlidingWindowConfig", "backend", self.backend, BACKENDS)

@@ -34,6 +34,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...core.validation import bad_value, check_int, check_number
+from ...memory import available_bytes
+
 __all__ = ["RollingKVCache"]
 
 
@@ -55,16 +58,33 @@ class RollingKVCache(nn.Module):
                  sink_frames: int = 0, window_frames: int, ema_decay: float | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         super().__init__()
+        o = "RollingKVCache"
         for name, value, lo in (("num_layers", num_layers, 1), ("batch", batch, 1), ("heads", heads, 1),
                                 ("head_dim", head_dim, 1), ("tokens_per_frame", tokens_per_frame, 1),
                                 ("sink_frames", sink_frames, 0), ("window_frames", window_frames, 1)):
-            if not isinstance(value, int) or value < lo:
-                raise ValueError(f"RollingKVCache.{name}={value!r} is not allowed: it must be an integer >= {lo}")
-        if ema_decay is not None:
-            if not 0.0 <= ema_decay < 1.0:
-                raise ValueError(f"RollingKVCache.ema_decay={ema_decay!r} is not allowed: it must be in [0, 1)")
-            if sink_frames == 0:
-                raise ValueError("RollingKVCache.ema_decay needs sink_frames >= 1 to fold evicted frames into")
+            check_int(o, name, value, lo=lo, hi=2**31 - 1)
+        ema_decay = check_number(o, "ema_decay", ema_decay, lo=0, hi=1, hi_open=True, optional=True)
+        if ema_decay is not None and sink_frames == 0:
+            raise ValueError("RollingKVCache.ema_decay needs sink_frames >= 1 to fold evicted frames into")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise bad_value(o, "dtype", dtype, "it must be a floating torch.dtype")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise bad_value(o, "device", device, "it must be a torch device such as 'cpu' or 'cuda'") from None
+        if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (
+                not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count())):
+            raise bad_value(o, "device", device, "it must be 'cpu' or a CUDA device this machine has")
+        device = dev
+        elements = num_layers * batch * (sink_frames + window_frames) * tokens_per_frame * heads * head_dim
+        need = 2 * elements * torch.empty((), dtype=dtype).element_size()
+        free = available_bytes(device)
+        if free is not None and need > free:
+            raise ValueError(f"RollingKVCache(num_layers={num_layers}, batch={batch}, heads={heads}, head_dim={head_dim}, "
+                             f"tokens_per_frame={tokens_per_frame}, sink_frames={sink_frames}, window_frames="
+                             f"{window_frames}) is not allowed: its key/value buffers need {need / 2**30:.1f} GiB, "
+                             f"more than the {free / 2**30:.1f} GiB available on {device}; use a smaller window, "
+                             "sink or video size")
         self.num_layers, self.batch, self.heads, self.head_dim = num_layers, batch, heads, head_dim
         self.tokens_per_frame = tokens_per_frame
         self.sink_frames, self.window_frames = sink_frames, window_frames

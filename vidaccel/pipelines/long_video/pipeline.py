@@ -18,14 +18,20 @@ import numpy as np
 import torch
 
 from ...accel.caching import bypass_cache
+from ...core.concurrency import exclusive
+from ...core.technique import attached
+from ...core.validation import check_bool
 from ...core.processors import ProcessorSwap, wrap_processor
-from ...families import ModelFamily, family_for
+from ...families import ModelFamily, family_for, pipeline_transformers
 from ...memory import peak_memory, reset_peak_memory
+from ...video import deferred_signals, to_uint8_frames
 from .attention import KVCachedAttention, PassState, frame_rotary
 from .block_causal import apply_block_causal, has_block_causal, remove_block_causal
+from .arguments import check_call_arguments
 from .config import CausalConfig
 from .kv_cache import RollingKVCache
 from .schedule import parse_schedule
+from .writer import ChunkedMp4Writer
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,22 @@ class _Plan:
     positions: str
 
 
+@dataclass
+class _Call:
+    """One call's checked arguments: the plan, the chunk scheduler and the output writer (nothing allocated)."""
+
+    plan: _Plan
+    sched: Any
+    seed: int
+    negative_prompt: str | None
+    use_kv_cache: bool
+    ema_decay: float | None
+    reuse_context_attention: bool
+    writer: ChunkedMp4Writer | None
+    progress: bool
+    max_sequence_length: int
+
+
 class LongVideoPipeline(diffusers.WanPipeline):
     """Chunk-by-chunk generation of unbounded videos with a rolling KV cache (module docstring).
 
@@ -108,16 +130,21 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # -- public entry points ---------------------------------------------------------------------------
-    def __call__(self, prompt, **kwargs) -> LongVideoOutput:
+    def __call__(self, prompt, *, return_frames: bool = True, result: LongVideoOutput | None = None,
+                 **kwargs) -> LongVideoOutput:
         """Generate a long video; see :meth:`stream` for the arguments. Returns :class:`LongVideoOutput`.
 
-        Ctrl-C or SIGTERM stop it after the chunk in progress is dropped: the mp4 keeps every finished chunk
-        and the returned output has ``interrupted=True``.
+        Every argument is checked before any work (``ValueError`` naming it). Ctrl-C or SIGTERM stop it after the
+        chunk in progress is dropped: the mp4 keeps every finished chunk and the returned output has
+        ``interrupted=True``. ``result``: a :class:`LongVideoOutput` to fill in as chunks finish, so a caller still
+        has the counts (``num_frames`` written, ``path``) when the call raises.
         """
-        return_frames = kwargs.pop("return_frames", True)
+        check_bool("", "return_frames", return_frames)
+        call = self._prepare(prompt, **kwargs)
         frames: list[np.ndarray] = []
-        result = LongVideoOutput(frames=None, num_frames=0, chunk_seconds=[], chunk_prompts=[], peak_memory_mib=None)
-        run = self._run(prompt, result=result, **kwargs)
+        result = result if result is not None else LongVideoOutput(frames=None, num_frames=0, chunk_seconds=[],
+                                                                   chunk_prompts=[], peak_memory_mib=None)
+        run = self._generate(call, result)
         try:
             for chunk in run:
                 if return_frames:
@@ -136,63 +163,99 @@ class LongVideoPipeline(diffusers.WanPipeline):
         ``window_frames`` (latent frames visible to a chunk, history included), ``sink_frames``, ``ema_decay``;
         ``num_inference_steps`` or explicit ``timesteps``; ``guidance_scale``, ``negative_prompt``, ``seed``,
         ``height``, ``width``; ``use_kv_cache``; ``positions`` ("relative" | "absolute");
-        ``reuse_context_attention``; ``context_noise``; ``output`` (mp4 path); ``progress``.
+        ``reuse_context_attention``; ``context_noise``; ``output`` (mp4 path, written chunk by chunk: see
+        :mod:`~vidaccel.pipelines.long_video.writer`); ``progress``. They are checked here, before the first chunk.
         """
-        yield from self._run(prompt, **kwargs)
+        return self._generate(self._prepare(prompt, **kwargs), None)
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def _plan(self, prompt, *, num_frames, seconds, fps, schedule_unit, chunk_frames, window_frames, sink_frames,
-              num_inference_steps, guidance_scale, height, width, positions, context_noise) -> _Plan:
+    def _prepare(self, prompt, *, num_frames: int | None = None, seconds: float | None = None, fps: float = 16.0,
+                 schedule_unit: str = "seconds", chunk_frames: int | None = None, window_frames: int | None = None,
+                 sink_frames: int = 0, num_inference_steps: int | None = None,
+                 timesteps: Sequence[float] | None = None, guidance_scale: float | None = None,
+                 negative_prompt: str | None = None, seed: int = 0, height: int | None = None,
+                 width: int | None = None, use_kv_cache: bool = True, ema_decay: float | None = None,
+                 positions: str = "relative", reuse_context_attention: bool = False,
+                 context_noise: float | None = None, output: str | os.PathLike | None = None, progress: bool = True,
+                 max_sequence_length: int | None = None) -> _Call:
+        """Check every argument and decide the geometry; nothing is allocated, written or run."""
         cc: CausalConfig = self.causal_config or CausalConfig()
         chunk = cc.chunk_frames if chunk_frames is None else chunk_frames
         window = cc.window_frames if window_frames is None else window_frames
-        height = height or 128
-        width = width or 128
-        self._validate(num_frames, seconds, fps, chunk, window, sink_frames, positions, height, width,
-                       num_inference_steps, guidance_scale)
+        seed, msl = check_call_arguments(
+            num_frames=num_frames, seconds=seconds, fps=fps, chunk=chunk, window=window, sink=sink_frames,
+            positions=positions, height=height, width=width, steps=num_inference_steps, guidance=guidance_scale,
+            negative_prompt=negative_prompt, seed=seed, use_kv_cache=use_kv_cache,
+            reuse_context_attention=reuse_context_attention, progress=progress, schedule_unit=schedule_unit,
+            ema_decay=ema_decay, context_noise=context_noise, max_sequence_length=max_sequence_length)
+        writer = ChunkedMp4Writer(output, fps) if output is not None else None
+        plan = self._plan(prompt, num_frames=num_frames, seconds=seconds, fps=fps, schedule_unit=schedule_unit,
+                          chunk=chunk, window=window, sink_frames=sink_frames, guidance_scale=guidance_scale,
+                          height=height or 128, width=width or 128, positions=positions,
+                          context_noise=cc.context_noise if context_noise is None else context_noise)
+        # one schedule for every chunk, built (and, for explicit timesteps, validated) before anything starts;
+        # each chunk steps a fresh copy of it
+        sched = self._chunk_scheduler(timesteps, num_inference_steps or 20, self._execution_device)
+        return _Call(plan=plan, sched=sched, seed=seed, negative_prompt=negative_prompt, use_kv_cache=use_kv_cache,
+                     ema_decay=ema_decay, reuse_context_attention=reuse_context_attention, writer=writer,
+                     progress=progress, max_sequence_length=msl or cc.max_sequence_length)
+
+    def _plan(self, prompt, *, num_frames, seconds, fps, schedule_unit, chunk, window, sink_frames, guidance_scale,
+              height, width, positions, context_noise) -> _Plan:
         transformer = self.transformer
         family = family_for(transformer)
         total = num_frames if num_frames is not None else int(round(seconds * fps))
+        if total < 1:
+            raise ValueError(f"seconds={seconds!r} is not allowed at fps={fps:g}: it gives no frame; it must be >= "
+                             f"{1 / fps:g} s")
         _, h, w = family.latent_shape(1, height, width, pipeline=self)
         _, gh, gw = family.token_grid(transformer, (1, h, w))
+        limits = family.token_grid_limit(transformer)
+        for name, value, tokens, limit in (("height", height, gh, limits[1]), ("width", width, gw, limits[2])):
+            if limit is not None and tokens > limit:
+                raise ValueError(f"{name}={value} is not allowed for this model: it is {tokens} tokens, beyond its "
+                                 f"position table of {limit}")
+            if tokens < 1:
+                raise ValueError(f"{name}={value} is not allowed for this model: it is smaller than one patch")
+        num_chunks = math.ceil(family.latent_frames(total, pipeline=self) / chunk)
+        rope_limit = family.rope_frame_limit(transformer)
+        if positions == "relative" and window > rope_limit:
+            raise ValueError(f"window_frames={window} is not allowed for this model: it exceeds its RoPE table of "
+                             f"{rope_limit} latent frame positions (rope_max_seq_len)")
+        if positions == "absolute" and num_chunks * chunk > rope_limit:
+            raise ValueError(f"positions='absolute' is not allowed for {total} frames: positions up to latent frame "
+                             f"{num_chunks * chunk - 1} exceed the model's RoPE table of {rope_limit} positions "
+                             "(rope_max_seq_len); use positions='relative'")
         guidance = 4.0 if guidance_scale is None else guidance_scale
         return _Plan(family=family, schedule=parse_schedule(prompt, total, fps, schedule_unit), total=total,
-                     num_chunks=math.ceil(family.latent_frames(total, pipeline=self) / chunk), chunk=chunk, window=window,
-                     sink=sink_frames, history_cap=window - chunk,
-                     context_noise=cc.context_noise if context_noise is None else context_noise,
-                     guidance=guidance, batch=2 if guidance > 1.0 else 1, height=h, width=w,
-                     tokens_per_frame=gh * gw, channels=transformer.config.in_channels, fps=fps, positions=positions)
+                     num_chunks=num_chunks, chunk=chunk, window=window, sink=sink_frames, history_cap=window - chunk,
+                     context_noise=context_noise, guidance=guidance, batch=2 if guidance > 1.0 else 1, height=h,
+                     width=w, tokens_per_frame=gh * gw, channels=transformer.config.in_channels, fps=fps,
+                     positions=positions)
+
+    def _generate(self, call: _Call, result: LongVideoOutput | None):
+        models = [m for _, m in pipeline_transformers(self) if attached(m)]
+        with exclusive(models):  # see vidaccel.core.concurrency: calls sharing an accelerated transformer queue
+            yield from self._run(call, result)
 
     @torch.no_grad()  # a generator: torch re-enters no_grad at every resumption
-    def _run(self, prompt, *, num_frames: int | None = None, seconds: float | None = None, fps: float = 16.0,
-             schedule_unit: str = "seconds", chunk_frames: int | None = None, window_frames: int | None = None,
-             sink_frames: int = 0, num_inference_steps: int | None = None, timesteps: Sequence[float] | None = None,
-             guidance_scale: float | None = None, negative_prompt: str | None = None, seed: int = 0,
-             height: int | None = None, width: int | None = None, use_kv_cache: bool = True,
-             ema_decay: float | None = None, positions: str = "relative", reuse_context_attention: bool = False,
-             context_noise: float | None = None, output: str | os.PathLike | None = None, progress: bool = True,
-             max_sequence_length: int | None = None, result: "LongVideoOutput | None" = None):
-        plan = self._plan(prompt, num_frames=num_frames, seconds=seconds, fps=fps, schedule_unit=schedule_unit,
-                          chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
-                          width=width, positions=positions, context_noise=context_noise)
+    def _run(self, call: _Call, result: LongVideoOutput | None):
+        plan, writer, use_kv_cache = call.plan, call.writer, call.use_kv_cache
         device = self._execution_device
-        # one schedule for every chunk, built (and, for explicit timesteps, validated) before anything starts;
-        # each chunk steps a fresh copy of it
-        sched_template = self._chunk_scheduler(timesteps, num_inference_steps or 20, device)
+        sched_template = call.sched
         self._num_timesteps = len(sched_template.timesteps)  # read by step-aware techniques (cache guards)
         transformer = self.transformer
         family, chunk, tpf, cn = plan.family, plan.chunk, plan.tokens_per_frame, plan.context_noise
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        msl = max_sequence_length or (self.causal_config or CausalConfig()).max_sequence_length
+        gen = torch.Generator(device="cpu").manual_seed(call.seed)
 
         embeds: dict[str, torch.Tensor] = {}
 
         def text(p: str) -> torch.Tensor:
             if p not in embeds:
-                cond, uncond = self.encode_prompt(p, negative_prompt=negative_prompt or "",
+                cond, uncond = self.encode_prompt(p, negative_prompt=call.negative_prompt or "",
                                                   do_classifier_free_guidance=plan.batch == 2,
-                                                  max_sequence_length=msl, device=device, dtype=transformer.dtype)
+                                                  max_sequence_length=call.max_sequence_length, device=device,
+                                                  dtype=transformer.dtype)
                 embeds[p] = torch.cat([cond, uncond]) if plan.batch == 2 else cond
             return embeds[p]
 
@@ -206,10 +269,10 @@ class LongVideoPipeline(diffusers.WanPipeline):
             attn0 = family.blocks(transformer)[0].attn1
             cache = RollingKVCache(len(family.blocks(transformer)), plan.batch, attn0.heads,
                                    transformer.config.attention_head_dim, tpf, sink_frames=plan.sink,
-                                   window_frames=plan.history_cap - plan.sink, ema_decay=ema_decay,
+                                   window_frames=plan.history_cap - plan.sink, ema_decay=call.ema_decay,
                                    dtype=transformer.dtype, device=device)
-            state = PassState(cache=cache, reuse=reuse_context_attention)
-            rope_frames = plan.window if positions == "relative" else plan.num_chunks * chunk
+            state = PassState(cache=cache, reuse=call.reuse_context_attention)
+            rope_frames = plan.window if plan.positions == "relative" else plan.num_chunks * chunk
             rope_table = family.rope_table(transformer, rope_frames, plan.height, plan.width)
             remove_block_causal(transformer)
             swap = ProcessorSwap(family, transformer,
@@ -220,19 +283,19 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
         history: dict[int, torch.Tensor] = {}  # visible committed frames, noised: absolute index -> [1, C, 1, h, w]
         decoder = family.streaming_decoder(self.vae)
-        writer = self._open_writer(output, fps) if output else None
         result = result or LongVideoOutput(frames=None, num_frames=0, chunk_seconds=[], chunk_prompts=[],
                                            peak_memory_mib=None)
-        result.path = os.fspath(output) if output else None
+        result.path = writer.path if writer is not None else None
         chunk_seconds, chunk_prompts = result.chunk_seconds, result.chunk_prompts
         produced = 0
         switches = 0
+        failure: BaseException | None = None
         self._stop_requested = False
         previous_handler = self._install_sigterm()
         reset_peak_memory(device)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=round(plan.total / fps, 2), unit="s", desc="long video", disable=not progress,
+        bar = tqdm(total=round(plan.total / plan.fps, 2), unit="s", desc="long video", disable=not call.progress,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of video [{elapsed}<{remaining}{postfix}]")
         start_all = time.perf_counter()
         try:
@@ -247,7 +310,6 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 if c > 0 and p != chunk_prompts[-1] and use_kv_cache:
                     self._recache(state, history, enc, plan, rope_table)
                     switches += 1
-                chunk_prompts.append(p)
                 frame_start = c * chunk
                 x = torch.randn(1, plan.channels, chunk, plan.height, plan.width, generator=gen).to(device, torch.float32)
                 x = self._denoise_chunk(x, copy.deepcopy(sched_template), enc, plan, frame_start, history, state,
@@ -263,24 +325,29 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 pixels = decoder.decode(x)
                 frames = self.video_processor.postprocess_video(pixels, output_type="np")[0]
                 frames = frames[: max(0, plan.total - produced)]
-                produced += frames.shape[0]
-                result.num_frames = produced
-                if writer is not None:
-                    for frame in frames:
-                        writer.append_data((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8))
-                chunk_seconds.append(time.perf_counter() - t0)
-                bar.update(min(round(frames.shape[0] / fps, 4), bar.total - bar.n))  # float sums may overshoot
+                # a NaN / Inf chunk is refused, never written as black frames
+                pixels8 = to_uint8_frames(frames, what=f"chunk {c} (pixel frames {produced}-"
+                                                       f"{produced + len(frames) - 1})")
+                with deferred_signals():  # the part and the counts that report it land together
+                    if writer is not None and len(frames):
+                        writer.write_chunk(pixels8)
+                    chunk_prompts.append(p)
+                    produced += frames.shape[0]
+                    result.num_frames = produced
+                    chunk_seconds.append(time.perf_counter() - t0)
+                bar.update(min(round(frames.shape[0] / plan.fps, 4), bar.total - bar.n))  # float sums may overshoot
                 bar.set_postfix_str(f"{produced / (time.perf_counter() - start_all):.1f} FPS, "
                                     f"chunk {c + 1}/{plan.num_chunks}")
                 yield frames
         except KeyboardInterrupt:
             result.interrupted = True
             logger.warning("interrupted after %d finished chunks; %s keeps %d frames", len(chunk_seconds),
-                           output or "the output", produced)
+                           result.path or "the output", produced)
+        except BaseException as e:
+            failure = e
+            raise
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
             self._restore_sigterm(previous_handler)
             if swap is not None:
                 swap.detach()
@@ -294,6 +361,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
                             "context_tokens_attended": state.context_tokens if state else None,
                             "chunks": len(chunk_seconds), "use_kv_cache": use_kv_cache,
                             "prompt_switches_recached": switches}
+            if writer is not None:
+                result.num_frames = 0  # until the output is joined and its frames counted
+                result.num_frames = writer.finish_after(failure)
         return result
 
     def _denoise_chunk(self, x, sched, enc, plan: _Plan, frame_start: int, history, state: PassState | None,
@@ -349,33 +419,6 @@ class LongVideoPipeline(diffusers.WanPipeline):
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=total, shift=1.0)
         sched.set_timesteps(timesteps=values, sigmas=[t / total for t in values], device=device)
         return sched
-
-    @staticmethod
-    def _validate(num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance):
-        if (num_frames is None) == (seconds is None):
-            raise ValueError("give exactly one of num_frames= or seconds=")
-        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
-            raise ValueError(f"num_frames={num_frames!r} is not allowed: it must be an integer >= 1")
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"seconds={seconds!r} is not allowed: it must be > 0")
-        if not fps > 0:
-            raise ValueError(f"fps={fps!r} is not allowed: it must be > 0")
-        if not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk_frames={chunk!r} is not allowed: it must be an integer >= 1")
-        if not isinstance(sink, int) or sink < 0:
-            raise ValueError(f"sink_frames={sink!r} is not allowed: it must be an integer >= 0")
-        if not isinstance(window, int) or window < chunk + sink + 1:
-            raise ValueError(f"window_frames={window!r} is not allowed: it must be >= chunk_frames + sink_frames + 1 "
-                             f"= {chunk + sink + 1} latent frames (the chunk, the sink and at least one recent frame)")
-        if positions not in ("relative", "absolute"):
-            raise ValueError(f"positions={positions!r} is not allowed; use 'relative' or 'absolute'")
-        for name, value in (("height", height), ("width", width)):
-            if value % 16:
-                raise ValueError(f"{name}={value} is not allowed: it must be a multiple of 16")
-        if steps is not None and steps < 1:
-            raise ValueError(f"num_inference_steps={steps} is not allowed: it must be >= 1")
-        if guidance is not None and guidance < 0:
-            raise ValueError(f"guidance_scale={guidance} is not allowed: it must be >= 0")
 
     def _set_rope(self, state: PassState, table, positions: str, frame_start: int, frames: int):
         ctx_pos = state.cache.positions(positions)
@@ -436,15 +479,6 @@ class LongVideoPipeline(diffusers.WanPipeline):
         if len(frames) <= cap:
             return frames
         return frames[:sink] + frames[len(frames) - (cap - sink):]
-
-    @staticmethod
-    def _open_writer(path, fps):
-        import imageio.v2 as imageio
-
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                  ffmpeg_log_level="error")
 
     def _install_sigterm(self):
         """SIGTERM asks the loop to stop after the current chunk (the mp4 is then closed normally)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
+
+from ...core.validation import shown
 
 __all__ = ["parse_schedule"]
 
@@ -18,6 +21,8 @@ def parse_schedule(prompt: str | Sequence[tuple[float, str]], total_frames: int,
         prompt = [(0, prompt)]
     if unit not in ("seconds", "frames"):
         raise ValueError(f"schedule unit={unit!r} is not allowed; use 'seconds' or 'frames'")
+    if not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"prompt={shown(prompt)} is not allowed: give a string or a schedule [(time, prompt), ...]")
     entries = list(prompt)
     if not entries:
         raise ValueError("prompt schedule is empty: give a prompt or [(time, prompt), ...]")
@@ -28,9 +33,10 @@ def parse_schedule(prompt: str | Sequence[tuple[float, str]], total_frames: int,
         except (TypeError, ValueError):
             raise ValueError(f"schedule entry {i}={entry!r} is not a (time, prompt) pair") from None
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"schedule entry {i} has an empty prompt {text!r}")
-        if not isinstance(when, (int, float)) or when < 0:
-            raise ValueError(f"schedule entry {i} time={when!r} is not allowed: it must be a number >= 0")
+            raise ValueError(f"schedule entry {i} has an empty prompt {shown(text)}: it is not allowed")
+        if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when) or when < 0 \
+                or when * (fps if unit == "seconds" else 1) > 2**62:
+            raise ValueError(f"schedule entry {i} time={shown(when)} is not allowed: it must be a finite number >= 0")
         frame = int(round(when * fps)) if unit == "seconds" else int(when)
         if i == 0 and frame != 0:
             raise ValueError(f"schedule entry 0 time={when!r} is not allowed: the first prompt must start at 0")

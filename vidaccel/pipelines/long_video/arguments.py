@@ -1,0 +1,45 @@
+"""The checks of :class:`~vidaccel.pipelines.long_video.LongVideoPipeline`'s call arguments, all made before any
+work: each bad value is one ``ValueError`` naming the argument, showing the value and saying what is allowed."""
+
+from __future__ import annotations
+
+from ...core.validation import check_bool, check_choice, check_int, check_number, check_str
+
+__all__ = ["check_call_arguments"]
+
+
+def check_call_arguments(*, num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance,
+                         negative_prompt, seed, use_kv_cache, reuse_context_attention, progress, schedule_unit,
+                         ema_decay, context_noise, max_sequence_length) -> tuple[int, int | None]:
+    """Check the scalar arguments of one call; returns ``(seed, max_sequence_length)`` normalised."""
+    if (num_frames is None) == (seconds is None):
+        raise ValueError("give exactly one of num_frames= or seconds=")
+    check_int("", "num_frames", num_frames, lo=1, optional=True)
+    check_number("", "seconds", seconds, lo=0, lo_open=True, optional=True)
+    check_number("", "fps", fps, lo=0, hi=1000, lo_open=True)
+    check_int("", "chunk_frames", chunk, lo=1, hi=2**31 - 1)
+    check_int("", "sink_frames", sink, lo=0, hi=2**31 - 1)
+    check_int("", "window_frames", window, lo=1, hi=2**31 - 1)
+    if window < chunk + sink + 1:
+        raise ValueError(f"window_frames={window!r} is not allowed: it must be >= chunk_frames + sink_frames + 1 "
+                         f"= {chunk + sink + 1} latent frames (the chunk, the sink and at least one recent frame)")
+    check_choice("", "positions", positions, ("relative", "absolute"))
+    for name, value in (("height", height), ("width", width)):
+        check_int("", name, value, lo=16, hi=2**20, optional=True)
+        if value is not None and value % 16:
+            raise ValueError(f"{name}={value} is not allowed: it must be a multiple of 16")
+    check_int("", "num_inference_steps", steps, lo=1, hi=10_000, optional=True)
+    check_number("", "guidance_scale", guidance, lo=0, optional=True)
+    check_str("", "negative_prompt", negative_prompt, optional=True)
+    seed = check_int("", "seed", seed, lo=0)
+    for name, value in (("use_kv_cache", use_kv_cache), ("reuse_context_attention", reuse_context_attention),
+                        ("progress", progress)):
+        check_bool("", name, value)
+    check_choice("", "schedule_unit", schedule_unit, ("seconds", "frames"))
+    check_number("", "ema_decay", ema_decay, lo=0, hi=1, hi_open=True, optional=True)
+    if ema_decay is not None and sink == 0:
+        raise ValueError(f"ema_decay={ema_decay!r} is not allowed with sink_frames=0: it folds evicted frames into "
+                         "the sink, so it needs sink_frames >= 1")
+    check_number("", "context_noise", context_noise, lo=0, hi=1, hi_open=True, optional=True)
+    msl = check_int("", "max_sequence_length", max_sequence_length, lo=1, hi=2**20, optional=True)
+    return seed, msl
