@@ -67,6 +67,10 @@ class Fp8Weight:
     def in_features(self) -> int:
         return self.data.shape[1]
 
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     def dequantize(self) -> torch.Tensor:
         return naive.dequantize(self.data, self.scale)
 
@@ -240,7 +244,7 @@ def fp8_linear(x: torch.Tensor, qweight: Fp8Weight, bias: torch.Tensor | None = 
     if activations == "none":
         w = qweight.dequantize().to(x.dtype)
         y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
-        return y.reshape(*lead, -1)
+        return y.reshape(*lead, qweight.out_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if backend == "torch":
@@ -248,4 +252,4 @@ def fp8_linear(x: torch.Tensor, qweight: Fp8Weight, bias: torch.Tensor | None = 
     else:
         xq, xs = quantize_per_token(x2, backend="triton" if backend == "triton" else "auto")
     y = fp8_gemm(xq, xs, qweight, bias, out_dtype=x.dtype, backend=backend)
-    return y.reshape(*lead, -1)
+    return y.reshape(*lead, qweight.out_features)
