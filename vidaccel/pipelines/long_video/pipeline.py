@@ -22,10 +22,11 @@ from ...core.processors import ProcessorSwap, wrap_processor
 from ...families import ModelFamily, family_for
 from ...memory import peak_memory, reset_peak_memory
 from .attention import KVCachedAttention, PassState, frame_rotary
-from .block_causal import apply_block_causal, has_block_causal, remove_block_causal
+from .block_causal import apply_block_causal, block_causal_state, has_block_causal, remove_block_causal
 from .config import CausalConfig
 from .kv_cache import RollingKVCache
 from .schedule import parse_schedule
+from .techniques import LongVideoTechniques, RecomputeAttention, check_config
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Plan:
     height: int            # latent
     width: int
     tokens_per_frame: int
+    grid_hw: tuple[int, int]
     channels: int
     fps: float
     positions: str
@@ -106,6 +108,11 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
         pipe = cls.from_pretrained(os.fspath(embedded_path("shapes-ar")), dtype=dtype)
         return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def vidaccel_accepts(self, config, technique_cls) -> None:
+        """Called by :func:`vidaccel.apply` before anything changes: refuse techniques that cannot act in a
+        long-video call (:mod:`.techniques`)."""
+        check_config(config, technique_cls.name)
 
     # -- public entry points ---------------------------------------------------------------------------
     def __call__(self, prompt, **kwargs) -> LongVideoOutput:
@@ -142,15 +149,21 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _plan(self, prompt, *, num_frames, seconds, fps, schedule_unit, chunk_frames, window_frames, sink_frames,
-              num_inference_steps, guidance_scale, height, width, positions, context_noise) -> _Plan:
+              num_inference_steps, guidance_scale, height, width, positions, context_noise, use_kv_cache) -> _Plan:
         cc: CausalConfig = self.causal_config or CausalConfig()
         chunk = cc.chunk_frames if chunk_frames is None else chunk_frames
         window = cc.window_frames if window_frames is None else window_frames
         height = height or 128
         width = width or 128
         self._validate(num_frames, seconds, fps, chunk, window, sink_frames, positions, height, width,
-                       num_inference_steps, guidance_scale)
+                       num_inference_steps, guidance_scale, use_kv_cache)
         transformer = self.transformer
+        cfg = transformer.config
+        if cfg.in_channels != cfg.out_channels:
+            raise ValueError(f"the transformer takes {cfg.in_channels} input channels for {cfg.out_channels} output "
+                             "channels: an image-to-video checkpoint (image latents concatenated to the noise), which "
+                             "LongVideoPipeline does not condition; it runs text-to-video Wan transformers (in_channels "
+                             "== out_channels: Wan2.1-T2V-1.3B / 14B, Wan2.2-TI2V-5B, causal checkpoints made from them)")
         family = family_for(transformer)
         total = num_frames if num_frames is not None else int(round(seconds * fps))
         _, h, w = family.latent_shape(1, height, width, pipeline=self)
@@ -161,7 +174,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
                      sink=sink_frames, history_cap=window - chunk,
                      context_noise=cc.context_noise if context_noise is None else context_noise,
                      guidance=guidance, batch=2 if guidance > 1.0 else 1, height=h, width=w,
-                     tokens_per_frame=gh * gw, channels=transformer.config.in_channels, fps=fps, positions=positions)
+                     tokens_per_frame=gh * gw, grid_hw=(gh, gw), channels=transformer.config.in_channels, fps=fps,
+                     positions=positions)
 
     @torch.no_grad()  # a generator: torch re-enters no_grad at every resumption
     def _run(self, prompt, *, num_frames: int | None = None, seconds: float | None = None, fps: float = 16.0,
@@ -175,7 +189,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
         plan = self._plan(prompt, num_frames=num_frames, seconds=seconds, fps=fps, schedule_unit=schedule_unit,
                           chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
-                          width=width, positions=positions, context_noise=context_noise)
+                          width=width, positions=positions, context_noise=context_noise, use_kv_cache=use_kv_cache)
+        techniques = LongVideoTechniques(self.transformer)  # refuses what cannot act here, before any work
+        techniques.now.grid_hw, techniques.now.chunk_frames = plan.grid_hw, plan.chunk
         device = self._execution_device
         # one schedule for every chunk, built (and, for explicit timesteps, validated) before anything starts;
         # each chunk steps a fresh copy of it
@@ -208,7 +224,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
                                    transformer.config.attention_head_dim, tpf, sink_frames=plan.sink,
                                    window_frames=plan.history_cap - plan.sink, ema_decay=ema_decay,
                                    dtype=transformer.dtype, device=device)
-            state = PassState(cache=cache, reuse=reuse_context_attention)
+            state = PassState(cache=cache, reuse=reuse_context_attention,
+                              techniques=techniques if techniques.changes_attention else None)
             rope_frames = plan.window if positions == "relative" else plan.num_chunks * chunk
             rope_table = family.rope_table(transformer, rope_frames, plan.height, plan.width)
             remove_block_causal(transformer)
@@ -217,6 +234,12 @@ class LongVideoPipeline(diffusers.WanPipeline):
             swap.attach()
         elif not had_causal:
             apply_block_causal(transformer, chunk)
+        recompute_swap = None
+        if not use_kv_cache and techniques.changes_attention:
+            recompute_swap = ProcessorSwap(family, transformer, lambda p, i: wrap_processor(
+                RecomputeAttention, p, i, techniques=techniques, family=family,
+                block_causal=block_causal_state(transformer)))
+            recompute_swap.attach()
 
         history: dict[int, torch.Tensor] = {}  # visible committed frames, noised: absolute index -> [1, C, 1, h, w]
         decoder = family.streaming_decoder(self.vae)
@@ -251,7 +274,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 frame_start = c * chunk
                 x = torch.randn(1, plan.channels, chunk, plan.height, plan.width, generator=gen).to(device, torch.float32)
                 x = self._denoise_chunk(x, copy.deepcopy(sched_template), enc, plan, frame_start, history, state,
-                                        rope_table)
+                                        rope_table, techniques)
                 noised = (1 - cn) * x + cn * torch.randn(x.shape, generator=gen).to(device)
                 if use_kv_cache:
                     self._commit(state, noised, enc, plan, frame_start)
@@ -282,6 +305,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
             if writer is not None:
                 writer.close()
             self._restore_sigterm(previous_handler)
+            if recompute_swap is not None:
+                recompute_swap.detach()
             if swap is not None:
                 swap.detach()
                 if had_causal:
@@ -297,7 +322,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return result
 
     def _denoise_chunk(self, x, sched, enc, plan: _Plan, frame_start: int, history, state: PassState | None,
-                       rope_table):
+                       rope_table, techniques: LongVideoTechniques):
         """Denoise one chunk's latents ``x`` through every step of ``sched``; returns the clean latents."""
         dtype, device = self.transformer.dtype, x.device
         chunk, tpf = plan.chunk, plan.tokens_per_frame
@@ -309,7 +334,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
             visible = self._visible(history, plan.sink, plan.history_cap)
             ctx = torch.cat([history[a] for a in visible], dim=2) if visible else None
             n_ctx = len(visible)
-        for t in sched.timesteps:
+            techniques.now.sink_frames = min(plan.sink, n_ctx)
+        for i, t in enumerate(sched.timesteps):
+            techniques.now.step = i
             if state is not None:
                 inp = x.to(dtype)
                 ts = torch.full((1, chunk * tpf), float(t), device=device)
@@ -351,7 +378,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return sched
 
     @staticmethod
-    def _validate(num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance):
+    def _validate(num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance,
+                  use_kv_cache=True):
         if (num_frames is None) == (seconds is None):
             raise ValueError("give exactly one of num_frames= or seconds=")
         if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
@@ -367,6 +395,11 @@ class LongVideoPipeline(diffusers.WanPipeline):
         if not isinstance(window, int) or window < chunk + sink + 1:
             raise ValueError(f"window_frames={window!r} is not allowed: it must be >= chunk_frames + sink_frames + 1 "
                              f"= {chunk + sink + 1} latent frames (the chunk, the sink and at least one recent frame)")
+        if use_kv_cache and window < 2 * chunk + sink:
+            raise ValueError(f"window_frames={window!r} is not allowed with use_kv_cache=True: it must be >= "
+                             f"2 * chunk_frames + sink_frames = {2 * chunk + sink} latent frames (the rolling cache "
+                             f"holds the sink plus whole chunks of recent frames: each chunk is written at once); "
+                             f"use_kv_cache=False runs from chunk_frames + sink_frames + 1 = {chunk + sink + 1}")
         if positions not in ("relative", "absolute"):
             raise ValueError(f"positions={positions!r} is not allowed; use 'relative' or 'absolute'")
         for name, value in (("height", height), ("width", width)):
@@ -399,6 +432,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
         """Write the noised clean chunk's keys/values into the cache (one pass at the context timestep)."""
         state.write = True
         state.frame_start = frame_start
+        if state.techniques is not None:
+            state.techniques.now.step = None
         batch = plan.batch if batch is None else batch
         try:
             frames = noised.shape[2]
