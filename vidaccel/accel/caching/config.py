@@ -152,9 +152,10 @@ def run_settings(config: CacheConfig, total_steps: int | None) -> RunSettings:
                            f"{config.min_warmup} warm-up calls + final_steps={config.final_steps})")
     if (warmup, interval) == (config.warmup_steps, config.interval):
         return RunSettings(warmup, interval, False, None)
+    changed = [f"{name} {old} -> {new}" for name, old, new in (("warmup_steps", config.warmup_steps, warmup),
+                                                                 ("interval", config.interval, interval)) if old != new]
     return RunSettings(warmup, interval, False,
-                       f"for this {total_steps}-step run warmup_steps {config.warmup_steps} -> {warmup}, interval "
-                       f"{config.interval} -> {interval} ({'; '.join(notes)})")
+                       f"for this {total_steps}-step run {', '.join(changed)} ({'; '.join(notes)})")
 
 
 # -- presets -------------------------------------------------------------------------------------------
