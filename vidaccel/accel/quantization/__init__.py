@@ -64,7 +64,8 @@ from .config import FORMATS, QuantConfig
 
 __all__ = ["QuantConfig", "FORMATS", "QuantTechnique", "QuantLinear", "Fp8Linear", "NVFP4Linear", "save_quantized",
            "load_quantized", "load_quantized_transformer", "weight_bytes", "estimate_weight_bytes",
-           "quantize_linears", "quant_report", "FILE_FORMAT", "FILE_VERSION"]
+           "quantize_linears", "quant_report", "FILE_FORMAT", "FILE_VERSION", "save_torchao", "load_torchao_transformer",
+           "load_quantized_checkpoint"]
 
 _LAZY = {
     "QuantTechnique": ".technique",
@@ -73,6 +74,8 @@ _LAZY = {
     "FILE_FORMAT": ".checkpoint", "FILE_VERSION": ".checkpoint",
     "weight_bytes": ".layers", "estimate_weight_bytes": ".layers", "quantize_linears": ".layers",
     "quant_report": ".report",
+    "save_torchao": ".torchao_format", "load_torchao_transformer": ".torchao_format",
+    "load_quantized_checkpoint": ".torchao_format",
 }
 
 
