@@ -112,7 +112,8 @@ class CacheTechnique(Technique):
 
     @classmethod
     def noop_config(cls) -> CacheConfig:
-        return CacheConfig(threshold=0.0)
+        # whole-call policy: fits any model, a single-block one included (block policies need a block to skip)
+        return CacheConfig(threshold=0.0, policy="call")
 
     @classmethod
     def example_config(cls) -> CacheConfig:
