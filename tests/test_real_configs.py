@@ -3,8 +3,8 @@ head dims, 1 layer, random bf16 weights, small token grids), Wan2.2-A14B as a pi
 
 Matrix: 8 configs x every registered built-in technique x 4 checks (no-op bit-exact; the technique's example
 setting finite and changed; remove bit-exact; stats non-empty for every transformer). A bare transformer's "run"
-is one call at t=999 (three calls, t=999/666/333, for caching, which needs a run to skip in); the model is built
-once per config and shared by its techniques."""
+is one call at t=999 (three calls, t=999/666/333, for caching, which needs a run to skip in), the pipeline's two
+steps without CFG (six for caching); the model is built once per config and shared by its techniques."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class Subject:
         self._base: dict = {}
 
     def run(self, technique_name: str) -> np.ndarray:
-        if self.pipeline is not None:  # 6 steps without CFG: 3 calls per expert
-            return run_pipe(self.pipeline, num_inference_steps=6, guidance_scale=1.0)
+        if self.pipeline is not None:  # no CFG; 2 steps: 1 call per expert, 6 for caching: 3 per expert
+            steps = 6 if technique_name == "cache" else 2
+            return run_pipe(self.pipeline, num_inference_steps=steps, guidance_scale=1.0)
         steps = (999, 666, 333) if technique_name == "cache" else (999,)
         vidaccel.reset(self.model)
         with torch.no_grad():
@@ -53,7 +54,7 @@ class Subject:
         return out
 
     def base(self, technique_name: str) -> np.ndarray:
-        key = "pipe" if self.pipeline is not None else technique_name == "cache"
+        key = technique_name == "cache"
         if key not in self._base:
             self._base[key] = self.run(technique_name)
         return self._base[key]
