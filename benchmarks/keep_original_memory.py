@@ -66,22 +66,36 @@ def arithmetic(fmt: str, layers: int | None = None) -> dict:
             "host_bytes_kept": host, "device_bytes_kept": {"cpu": 0, "device": original, "disk": 0, "none": 0}}
 
 
+def settle() -> float:
+    """RSS after garbage collection and returning freed heap pages to the OS."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return rss_mib()
+
+
 def child(option: str, folder: str, fmt: str) -> None:
     torch.set_num_threads(1)
     import vidaccel
     from diffusers import WanTransformer3DModel
 
+    from vidaccel.testing import tiny_wan_pipeline
+
+    warm = tiny_wan_pipeline().transformer  # every module apply / remove imports, loaded before measuring
+    vidaccel.apply(warm, vidaccel.QuantConfig(format=fmt, measure_sqnr="off"))
+    vidaccel.remove(warm)
     model = WanTransformer3DModel.from_pretrained(folder, dtype=torch.bfloat16)
-    gc.collect()
-    before = rss_mib()
+    before = settle()
     vidaccel.apply(model, vidaccel.QuantConfig(format=fmt, keep_original=option, measure_sqnr="off"))
-    gc.collect()
-    after = rss_mib()
+    after = settle()
     restored = None
     if option != "none":
         vidaccel.remove(model)
-        gc.collect()
-        restored = rss_mib()
+        restored = settle()
     print(json.dumps({"option": option, "rss_loaded_mib": before, "rss_applied_mib": after,
                       "rss_after_remove_mib": restored}))
 
@@ -101,7 +115,7 @@ def main() -> int:
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    WanTransformer3DModel(**dict(WAN13_CONFIG, num_layers=args.layers)).to(torch.bfloat16).save_pretrained(folder)
+    WanTransformer3DModel(**dict(WAN13_CONFIG, num_layers=args.layers)).save_pretrained(folder)  # fp32 file
     measured = []
     for option in OPTIONS:
         out = subprocess.run([sys.executable, __file__, "--format", args.format, "--child", option, folder],
