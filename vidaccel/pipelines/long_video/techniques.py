@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ...core.processors import ProcessorWrapper
 from ...core.technique import attached
+from ...families import unwrap_compiled
 from ...kernels.attention import default_tile
 from ...kernels.attention.chunk_window import chunk_window_attention, chunk_window_density
 from ...kernels.attention.naive import sliding_tile_mask
@@ -87,7 +88,7 @@ class LongVideoTechniques:
     """The attention-changing techniques attached to a transformer, as one long-video call uses them."""
 
     def __init__(self, transformer):
-        table = attached(transformer)
+        table = attached(unwrap_compiled(transformer))
         for name, technique in table.items():
             check_config(technique.config, name)
         self.window = table.get("sliding_window")
