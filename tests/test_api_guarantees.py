@@ -161,7 +161,7 @@ def test_threads_sharing_an_accelerated_transformer_get_the_single_threaded_vide
     expected = _run(pipe, kind, kwargs)
     # a second pipeline on the same transformer(s), with its own scheduler (diffusers schedulers keep per-call state)
     extra = {k: pipe.config[k] for k in ("boundary_ratio",) if k in pipe.config}  # Wan 2.2's expert split
-    other = pipe._vidaccel_original_class(**pipe.components, **dict(extra, scheduler=copy.deepcopy(pipe.scheduler)))
+    other = pipe._vidaccel_original_class(**dict(pipe.components, **extra, scheduler=copy.deepcopy(pipe.scheduler)))
     other.set_progress_bar_config(disable=True)
     accelerate_pipeline_class(other)
     barrier = threading.Barrier(2)

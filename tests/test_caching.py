@@ -212,11 +212,13 @@ def test_invalid_values_name_the_field(kwargs, field):
         CacheConfig(**kwargs)
 
 
-def test_warmup_beyond_steps_and_too_many_fixed_blocks_raise():
+def test_warmup_beyond_steps_degrades_and_too_many_fixed_blocks_raise(caplog):
     pipe = make_pipeline("wan21")
     vidaccel.apply(pipe, CacheConfig(threshold=0.1, warmup_steps=8))
-    with pytest.raises(ValueError, match="CacheConfig.warmup_steps=8 .* 4 steps"):
-        run_pipe(pipe, num_inference_steps=4)
+    with caplog.at_level(logging.WARNING):
+        assert np.isfinite(run_pipe(pipe, num_inference_steps=4)).all()
+    notes = [r.getMessage() for r in caplog.records if "warmup_steps 8 -> 1" in r.getMessage()]
+    assert len(notes) == 1, notes  # one warning, not one per call; test_few_steps.py covers the schedules
     with pytest.raises(ValueError, match="compute_front \\+ compute_back = 4 .* 4 blocks"):
         vidaccel.apply(make_pipeline("wan21"), CacheConfig(compute_front=2, compute_back=2))
 

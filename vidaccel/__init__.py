@@ -31,6 +31,8 @@ _LAZY = {
     "save_quantized": "vidaccel.accel.quantization",
     "load_quantized": "vidaccel.accel.quantization",
     "load_quantized_transformer": "vidaccel.accel.quantization",
+    "save_torchao": "vidaccel.accel.quantization",
+    "load_quantized_checkpoint": "vidaccel.accel.quantization",
     "quant_report": "vidaccel.accel.quantization",
     "RollingKVCache": "vidaccel.pipelines.long_video",
     "Technique": "vidaccel.core.technique",

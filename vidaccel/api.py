@@ -54,6 +54,10 @@ def apply(target, *configs: Any):
     # Validate everything before touching anything, so a failing call leaves the target unchanged.
     classes = [technique_for(c) for c in configs_list]
     names = [cls.name for cls in classes]
+    accepts = getattr(pipeline, "vidaccel_accepts", None)  # a pipeline that runs only some techniques refuses here
+    if accepts is not None:
+        for cfg, cls in zip(configs_list, classes):
+            accepts(cfg, cls)
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")

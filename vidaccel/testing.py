@@ -216,7 +216,10 @@ def tiny_cogvideox_pipeline(version: str = "1.0", *, variant: str = "t2v", seed:
 
 def tiny_call_kwargs(pipe, **overrides) -> dict:
     """Small call arguments that fit a tiny pipeline: 9 frames, 32×32 (Wan) or 16×16 latents, 4 steps."""
-    family = type(pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.transformer_2).__name__
+    from .families import unwrap_compiled
+
+    model = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.transformer_2
+    family = type(unwrap_compiled(model)).__name__
     if family.startswith("CogVideoX"):
         pt = pipe.transformer.config.patch_size_t or 1
         kw = dict(height=32, width=32, num_frames=9 if pt == 1 else 13, num_inference_steps=4, guidance_scale=6.0,

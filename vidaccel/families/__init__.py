@@ -18,7 +18,7 @@ from .cogvideox import COGVIDEOX
 from .wan import WAN
 
 __all__ = ["ModelFamily", "Rotary", "SelfAttentionInputs", "FragileLayer", "FRAGILE_KINDS", "FAMILIES",
-           "family_for", "pipeline_transformers", "supported_model_classes", "EXPERT_ATTRS"]
+           "family_for", "pipeline_transformers", "supported_model_classes", "EXPERT_ATTRS", "unwrap_compiled"]
 
 #: Transformer class name → its family.
 FAMILIES: dict[str, ModelFamily] = {f.model_class: f for f in (WAN, COGVIDEOX)}
@@ -32,8 +32,20 @@ def supported_model_classes() -> list[str]:
     return sorted(FAMILIES)
 
 
+def unwrap_compiled(model):
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) compiles, or ``model`` itself.
+
+    Techniques attach to the inner module; the wrapper keeps calling it, so
+    ``pipe.transformer = torch.compile(pipe.transformer)`` works before or after :func:`vidaccel.apply`
+    (dynamo recompiles once when a technique changes the module).
+    """
+    inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+    return model if inner is None else inner
+
+
 def family_for(model) -> ModelFamily:
     """The family of a transformer; raises ``ValueError`` naming the class and the supported ones."""
+    model = unwrap_compiled(model)
     for cls in type(model).__mro__:
         family = FAMILIES.get(cls.__name__)
         if family is not None:
@@ -45,16 +57,19 @@ def family_for(model) -> ModelFamily:
 
 
 def pipeline_transformers(target) -> list[tuple[str, "object"]]:
-    """``(role, transformer)`` pairs of a pipeline (both Wan 2.2 experts) or ``[("transformer", model)]``.
+    """``(role, transformer)`` pairs of a pipeline (both Wan 2.2 experts) or ``[("transformer", model)]``;
+    a ``torch.compile`` wrapper gives the module it compiles (:func:`unwrap_compiled`).
 
     Raises ``ValueError`` when ``target`` is neither a supported transformer nor a pipeline holding one.
     """
     from torch import nn
 
     if isinstance(target, nn.Module):
+        target = unwrap_compiled(target)
         family_for(target)
         return [("transformer", target)]
-    found = [(attr, getattr(target, attr)) for attr in EXPERT_ATTRS if isinstance(getattr(target, attr, None), nn.Module)]
+    found = [(attr, unwrap_compiled(getattr(target, attr))) for attr in EXPERT_ATTRS
+             if isinstance(getattr(target, attr, None), nn.Module)]
     if not found:
         raise ValueError(
             f"target of type {type(target).__name__!r} is neither a supported transformer "

@@ -25,23 +25,24 @@ class DropInPipelineMixin(AcceleratedPipelineMixin):
 
         Args:
             accel: ``None``, a preset name (``"fast"``), a technique config or a list of those.
-            quantized: a folder written by :func:`vidaccel.save_quantized`; its transformers are built straight
-                from the quantized tensors (no bf16 transformer weights are ever materialised).
+            quantized: a folder or hub id holding :func:`vidaccel.save_quantized` files or a diffusers + torchao
+                checkpoint (``transformer/config.json`` + safetensors); its transformers are built straight from the
+                quantized tensors on vidaccel's kernels (no bf16 transformer weights are ever materialised).
         """
         configs = resolve_accel(accel)  # validate before the (slow) load
         if quantized is not None:
-            from ..accel.quantization.checkpoint import load_quantized_transformer, quantized_roles
+            from ..accel.quantization.torchao_format import load_quantized_checkpoint, quantized_roles
 
-            folder = os.fspath(quantized)
+            hub = {k: kwargs.get(k) for k in ("cache_dir", "local_files_only") if kwargs.get(k) is not None}
             index, configs_of = _base_configs(cls, pretrained_model_name_or_path)
             expected = None if index is None else [r for r in ("transformer", "transformer_2")
                                                    if isinstance(index.get(r), (list, tuple)) and index[r][0]]
-            roles = quantized_roles(folder, expected)
+            folder, roles = quantized_roles(quantized, expected, **hub)
             if not roles:
-                raise ValueError(f"quantized={folder!r} holds no transformer.safetensors written by "
-                                 "vidaccel.save_quantized")
+                raise ValueError(f"quantized={os.fspath(quantized)!r} holds no transformer.safetensors written by "
+                                 "vidaccel.save_quantized and no diffusers + torchao transformer/config.json")
             for role in roles:
-                kwargs.setdefault(role, load_quantized_transformer(folder, role, expected_config=configs_of(role)))
+                kwargs.setdefault(role, load_quantized_checkpoint(folder, role, expected_config=configs_of(role)))
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if configs:
             api.apply(pipe, *configs)

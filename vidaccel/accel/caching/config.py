@@ -9,7 +9,7 @@ from typing import ClassVar
 from ...core.presets import register_preset
 from ...core.validation import bad_value, check_choice, check_int, check_number
 
-__all__ = ["CacheConfig", "POLICIES"]
+__all__ = ["CacheConfig", "POLICIES", "RunSettings", "run_settings"]
 
 POLICIES = ("block", "step", "profiled", "call")
 
@@ -39,6 +39,12 @@ class CacheConfig:
             skipped calls in a row (≥ 1; 1 never skips).
         num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
             final-step guard knows where the end is.
+        tuned_steps: the run length the schedule was chosen for (the presets: 25 steps). A shorter run scales
+            ``warmup_steps`` and ``interval`` down in proportion (see :func:`run_settings`).
+
+    Few-step runs (distilled 4-step models, causal chunks): when a run is too short for the guards (or shorter
+    than ``tuned_steps``), the run uses scaled settings, or no caching at all, and logs one warning saying so;
+    see :func:`run_settings`.
     """
 
     threshold: float = 0.1
@@ -53,6 +59,7 @@ class CacheConfig:
     cfg_interval: int = 0
     interval: int = 4
     num_inference_steps: int | None = None
+    tuned_steps: int | None = None
 
     _technique_module: ClassVar[str] = "vidaccel.accel.caching.technique"
 
@@ -91,13 +98,68 @@ class CacheConfig:
             raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval} is not allowed with policy="
                              f"{self.policy!r} (it reuses the skippable span's residual); use policy='block' or "
                              "'step'")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"CacheConfig.num_inference_steps={self.num_inference_steps!r} is not allowed: >= 1")
+        if self.tuned_steps is not None and (not isinstance(self.tuned_steps, int) or self.tuned_steps < 1):
+            raise ValueError(f"CacheConfig.tuned_steps={self.tuned_steps!r} is not allowed: None or an integer >= 1")
+
+    @property
+    def min_warmup(self) -> int:
+        """Fewest warm-up calls the policy can work with."""
+        if self.policy == "call":
+            return self.forecast_order + 2
+        return 2 if self.policy in ("step", "profiled") else 1
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The guards one run of ``total_steps`` steps uses (``off``: it computes every call)."""
+
+    warmup_steps: int
+    interval: int
+    off: bool
+    note: str | None  # why they differ from the config's, or None
+
+
+def run_settings(config: CacheConfig, total_steps: int | None) -> RunSettings:
+    """Warm-up and interval for a run of ``total_steps`` denoising steps.
+
+    * ``total_steps < tuned_steps``: both scale by ``total_steps / tuned_steps`` (warm-up at least the policy's
+      minimum, an interval above 1 at least 2);
+    * warm-up leaving no call to skip (``warmup_steps >= total_steps - final_steps``): the policy's minimum;
+    * still nothing to skip: caching is off for the run (bit-identical to no cache).
+    """
+    warmup, interval = config.warmup_steps, config.interval
+    if total_steps is None or config.threshold <= 0:
+        return RunSettings(warmup, interval, False, None)
+    notes = []
+    if config.tuned_steps is not None and total_steps < config.tuned_steps:
+        ratio = total_steps / config.tuned_steps
+        warmup = max(config.min_warmup, min(warmup, round(warmup * ratio)))
+        interval = interval if interval <= 1 else max(2, min(interval, round(interval * ratio)))
+        notes.append(f"tuned for {config.tuned_steps} steps")
+    available = total_steps - config.final_steps
+    if warmup >= available:
+        warmup = config.min_warmup
+        notes.append(f"warmup_steps={config.warmup_steps} leaves no step to skip")
+    if warmup >= available:
+        return RunSettings(warmup, interval, True,
+                           f"caching is off for this {total_steps}-step run ({'; '.join(notes)}; the policy needs "
+                           f"{config.min_warmup} warm-up calls + final_steps={config.final_steps})")
+    if (warmup, interval) == (config.warmup_steps, config.interval):
+        return RunSettings(warmup, interval, False, None)
+    changed = [f"{name} {old} -> {new}" for name, old, new in (("warmup_steps", config.warmup_steps, warmup),
+                                                                 ("interval", config.interval, interval)) if old != new]
+    return RunSettings(warmup, interval, False,
+                       f"for this {total_steps}-step run {', '.join(changed)} ({'; '.join(notes)})")
 
 
 # -- presets -------------------------------------------------------------------------------------------
 # Whole-call caching on a fixed schedule: on the embedded model it was the fastest policy at every PSNR level of
 # the caching sweep (benchmarks/caching.py; the presets' speed-up and PSNR are in benchmarks/RESULTS.md).
 def _call_schedule(interval: int) -> CacheConfig:
-    return CacheConfig(threshold=math.inf, policy="call", interval=interval, warmup_steps=3, final_steps=0)
+    return CacheConfig(threshold=math.inf, policy="call", interval=interval, warmup_steps=3, final_steps=0,
+                       tuned_steps=25)
 
 
 register_preset("quality", lambda: [_call_schedule(2)],

@@ -10,7 +10,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ...core.technique import Technique, register_technique
-from .config import CacheConfig
+from .config import CacheConfig, RunSettings, run_settings
 from .state import BranchState, ContextStates, History, add_all, rel_l1, same_shapes, sub_all
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class CacheTechnique(Technique):
 
     @classmethod
     def noop_config(cls) -> CacheConfig:
-        return CacheConfig(threshold=0.0)
+        # whole-call policy: fits any model, a single-block one included (block policies need a block to skip)
+        return CacheConfig(threshold=0.0, policy="call")
 
     @classmethod
     def example_config(cls) -> CacheConfig:
@@ -153,12 +154,6 @@ class CacheTechnique(Technique):
                            cfg.cfg_interval, type(self.model).__name__, self.family.cfg_style)
         self.reset()
 
-    def check_run(self, num_inference_steps: int | None = None) -> None:
-        if num_inference_steps is not None and self.config.threshold > 0 and \
-                self.config.warmup_steps >= num_inference_steps:
-            raise ValueError(f"CacheConfig.warmup_steps={self.config.warmup_steps} is not allowed for a run of "
-                             f"{num_inference_steps} steps: it must be smaller than the number of steps")
-
     def detach(self) -> None:
         HookRegistry.check_if_exists_or_initialize(self.model).remove_hook(_CONTROLLER_HOOK, recurse=False)
         for block in self.family.blocks(self.model) if not self.whole_call else ():
@@ -173,6 +168,9 @@ class CacheTechnique(Technique):
         self.steps: list[dict] = []
         self.profiles: dict[str, dict] = {}  # "profiled": per branch, the blocks chosen and why
         self.cond_residual: tuple | None = None  # (step, residual) of the cond branch's skippable span
+        self._runs: dict[int | None, RunSettings] = {}
+        self._warned_run = False
+        self.run = run_settings(self.config, None)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @torch.compiler.disable
@@ -190,8 +188,18 @@ class CacheTechnique(Technique):
         state.context_name = ctx.name
         state.total_steps = ctx.num_inference_steps or getattr(self.pipeline, "_num_timesteps", None) or \
             self.config.num_inference_steps
-        self.check_run(state.total_steps)
+        self.run = self._run_settings(state.total_steps)
         self.current = state
+
+    def _run_settings(self, total_steps: int | None) -> RunSettings:
+        run = self._runs.get(total_steps)
+        if run is None:
+            run = self._runs[total_steps] = run_settings(self.config, total_steps)
+            # one warning per pipeline call (the high-noise expert speaks for both Wan 2.2 experts)
+            if run.note is not None and not self._warned_run and self.role == "transformer":
+                logger.warning("CacheConfig(policy=%r): %s", self.config.policy, run.note)
+            self._warned_run = self._warned_run or run.note is not None
+        return run
 
     @torch.compiler.disable
     def end_call(self) -> None:
@@ -232,7 +240,7 @@ class CacheTechnique(Technique):
         """True when a guard forces this call to compute (``skip_cap=False``: all but the cap on consecutive
         skips, which ``cfg_interval`` replaces for CFG reuse and ``interval`` for the ``"call"`` policy)."""
         cfg = self.config
-        if cfg.threshold <= 0 or state.calls < cfg.warmup_steps:
+        if cfg.threshold <= 0 or self.run.off or state.calls < self.run.warmup_steps:
             return True
         if skip_cap and state.consecutive_skips >= cfg.max_consecutive_skips:
             return True
@@ -249,7 +257,7 @@ class CacheTechnique(Technique):
     @torch.compiler.disable
     def decide_front(self, state: BranchState, front_res: tuple) -> None:
         """``"block"`` / ``"profiled"``: compare the front residual with the last computed call's."""
-        if self.per_block and state.cached_blocks is None and state.calls >= self.config.warmup_steps:
+        if self.per_block and state.cached_blocks is None and state.calls >= self.run.warmup_steps:
             self._choose_cached_blocks(state)
         ready = state.stack.ready() if not self.per_block else bool(state.cached_blocks)
         if same_shapes(state.ref_front, front_res) and ready:
@@ -304,7 +312,7 @@ class CacheTechnique(Technique):
             power = cfg.forecast_order + 1
             rate = state.indicator / max(k, 1) ** power
             gap = 1
-            while gap < cfg.interval and rate * (gap + 1) ** power <= cfg.threshold:
+            while gap < self.run.interval and rate * (gap + 1) ** power <= cfg.threshold:
                 gap += 1
             state.gap = gap
         state.stack.push(state.step, (sample,))
@@ -407,7 +415,7 @@ class CacheTechnique(Technique):
 
     def finish_run(self) -> None:
         calls = len(self.steps)
-        if self.config.threshold > 0 and calls > 0 and sum(self.skipped) == 0:
+        if self.config.threshold > 0 and calls > 0 and sum(self.skipped) == 0 and not self._warned_run:
             logger.warning(
                 "CacheConfig(threshold=%g, policy=%r) skipped nothing in %d transformer calls of the %s: the "
                 "threshold is below every observed change (largest needed: see vidaccel.stats()['cache'] per_step "

@@ -26,7 +26,11 @@ modulation).
 **Remove is exact**: the original ``nn.Linear`` objects are kept (``keep_original="cpu"`` moves them to host
 memory, costing the bf16 weight bytes there — on a CPU model that is simply the original weights staying
 alive; ``"device"`` keeps them where they are, costing device memory) and :func:`vidaccel.remove` puts the
-very same objects back. A model built by :func:`load_quantized` has no originals: removing raises.
+very same objects back. On small machines ``keep_original="disk"`` keeps nothing in memory and re-reads the
+layers from the safetensors the transformer was loaded from (checked at apply to hold exactly its weights), and
+``"none"`` keeps nothing (removing then raises). A model built by :func:`load_quantized` has no originals:
+removing raises. LoRA adapters compose in both orders (:mod:`.lora`); checkpoints also travel in diffusers +
+torchao's layout (:mod:`.torchao_format`).
 
 **Per-layer SQNR** (``measure_sqnr="first_call"``, the default): during the first transformer call of each
 pipeline call, every quantized layer also runs its original layer on ``sqnr_tokens`` evenly spaced tokens
@@ -60,7 +64,8 @@ from .config import FORMATS, QuantConfig
 
 __all__ = ["QuantConfig", "FORMATS", "QuantTechnique", "QuantLinear", "Fp8Linear", "NVFP4Linear", "save_quantized",
            "load_quantized", "load_quantized_transformer", "weight_bytes", "estimate_weight_bytes",
-           "quantize_linears", "quant_report", "FILE_FORMAT", "FILE_VERSION"]
+           "quantize_linears", "quant_report", "FILE_FORMAT", "FILE_VERSION", "save_torchao", "load_torchao_transformer",
+           "load_quantized_checkpoint"]
 
 _LAZY = {
     "QuantTechnique": ".technique",
@@ -69,6 +74,8 @@ _LAZY = {
     "FILE_FORMAT": ".checkpoint", "FILE_VERSION": ".checkpoint",
     "weight_bytes": ".layers", "estimate_weight_bytes": ".layers", "quantize_linears": ".layers",
     "quant_report": ".report",
+    "save_torchao": ".torchao_format", "load_torchao_transformer": ".torchao_format",
+    "load_quantized_checkpoint": ".torchao_format",
 }
 
 

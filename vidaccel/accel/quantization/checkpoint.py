@@ -50,8 +50,13 @@ def save_quantized(target, folder: str | os.PathLike) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     paths = []
     save_id = uuid.uuid4().hex  # the files of one save carry the same id: a stale file from another save is refused
+    from .lora import has_lora_layers
+
     for role, model in pipeline_transformers(target):
         technique = technique_of(model)
+        if has_lora_layers(model):
+            raise ValueError(f"{role} ({type(model).__name__}) holds LoRA layers; a quantized checkpoint stores the base "
+                             "model only: unload_lora_weights() first (fuse_lora() before that bakes the LoRA in)")
         if technique is None or not technique.quantized:
             raise ValueError(f"{role} ({type(model).__name__}) is not quantized: apply QuantConfig first"
                              + (" and run one calibration call (format='mixed')" if technique is not None else ""))

@@ -18,7 +18,7 @@ __all__ = ["QuantConfig", "FORMATS"]
 
 FORMATS = ("fp8", "nvfp4", "mixed")
 ACTIVATIONS = ("dynamic", "none")
-KEEP_ORIGINAL = ("cpu", "device")
+KEEP_ORIGINAL = ("cpu", "device", "disk", "none")
 SQNR_MODES = ("first_call", "off")
 SKIP_FORMATS = ("none", "fp8")
 BACKENDS = backend_names.FP8
@@ -45,7 +45,9 @@ class QuantConfig:
         plan: ``{layer name: "fp8" | "nvfp4"}`` (or ``{role: {...}}`` for Wan 2.2's two experts) for
             ``"mixed"``: use it instead of calibrating.
         keep_original: where the original ``nn.Linear`` modules wait for :func:`vidaccel.remove`:
-            ``"cpu"`` (host memory) or ``"device"``.
+            ``"cpu"`` (host memory: their weight bytes), ``"device"``, ``"disk"`` (nothing in memory: re-read from
+            the safetensors the transformer was loaded from, checked at apply to hold exactly its weights) or
+            ``"none"`` (nothing kept: remove raises). Per-layer SQNR needs ``"cpu"`` or ``"device"``.
         measure_sqnr: ``"first_call"`` (per-layer SQNR on the first transformer call of each pipeline call)
             or ``"off"``.
         sqnr_tokens: tokens sampled per layer for the SQNR.

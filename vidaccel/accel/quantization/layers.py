@@ -13,7 +13,27 @@ from .config import QuantConfig
 from .modules import Fp8Linear, NVFP4Linear, QuantLinear
 
 __all__ = ["layer_formats", "quantize_linears", "weight_bytes", "estimate_weight_bytes", "set_child",
-           "plain_linears", "skip_reason"]
+           "plain_linears", "skip_reason", "canonical_name", "locate"]
+
+#: Children that adapter libraries (peft LoRA / DoRA) add inside a wrapped layer: never quantized themselves.
+_ADAPTER_CHILD = re.compile(r"(^|\.)lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")
+_BASE_LAYER = re.compile(r"\.base_layer(?=\.|$)")
+
+
+def canonical_name(name: str) -> str:
+    """A layer's name as the model itself spells it: peft's ``.base_layer`` hop removed
+    (``blocks.0.attn1.to_q.base_layer`` → ``blocks.0.attn1.to_q``)."""
+    return _BASE_LAYER.sub("", name)
+
+
+def locate(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``(parent, attribute)`` holding the layer with canonical ``name``: inside a peft LoRA wrapper that is the
+    wrapper's ``base_layer`` (repeated for nested wrappers), else the attribute of the named parent."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    while hasattr(getattr(parent, child), "base_layer") and hasattr(getattr(parent, child), "lora_A"):
+        parent, child = getattr(parent, child), "base_layer"
+    return parent, child
 
 
 def family_or_none(model: nn.Module) -> ModelFamily | None:
@@ -32,7 +52,10 @@ def skip_reason(name: str, patterns: list[tuple[str, str]]) -> str | None:
 
 
 def plain_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    """``(canonical name, module)`` of every plain ``nn.Linear`` (a LoRA wrapper's base layer under the wrapper's
+    name; LoRA's own ``lora_A`` / ``lora_B`` layers left out)."""
+    return [(canonical_name(n), m) for n, m in model.named_modules()
+            if type(m) is nn.Linear and not _ADAPTER_CHILD.search(n)]
 
 
 def layer_formats(model: nn.Module, config: QuantConfig, plan: dict[str, str] | None) -> tuple[dict, dict]:
@@ -55,9 +78,12 @@ def layer_formats(model: nn.Module, config: QuantConfig, plan: dict[str, str] | 
 
 def build_quantized(linear: nn.Linear, fmt: str, config: QuantConfig, name: str) -> QuantLinear:
     if fmt == "nvfp4":
-        return NVFP4Linear.from_linear(linear, backend=config.backend, name=name)
-    activations = "none" if fmt == "fp8-weight" else config.activations
-    return Fp8Linear.from_linear(linear, activations=activations, backend=config.backend, name=name)
+        qmodule = NVFP4Linear.from_linear(linear, backend=config.backend, name=name)
+    else:
+        activations = "none" if fmt == "fp8-weight" else config.activations
+        qmodule = Fp8Linear.from_linear(linear, activations=activations, backend=config.backend, name=name)
+    qmodule.compute_dtype = linear.weight.dtype
+    return qmodule
 
 
 @torch.no_grad()
@@ -71,17 +97,21 @@ def quantize_linears(module: nn.Module, config: QuantConfig, formats: dict[str, 
         formats, _ = layer_formats(module, config, config.plan_for("transformer"))
     out = {}
     for name, fmt in formats.items():  # every layer is built before any is swapped: a failure changes nothing
-        linear = module.get_submodule(name)
+        linear = getattr(*locate(module, name))
         out[name] = build_quantized(linear, fmt, config, name)
         out[name].set_original(linear)
     for name, qmodule in out.items():
-        set_child(module, name, qmodule)
+        parent, child = locate(module, name)
+        setattr(parent, child, qmodule)
+        if child == "base_layer":  # a LoRA (peft) wrapper: its own layer class knows a quantized base
+            from .lora import adopt_wrapper
+
+            adopt_wrapper(parent, qmodule)
     return out
 
 
 def set_child(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, child = locate(model, name)
     setattr(parent, child, module)
 
 

@@ -67,6 +67,13 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.name = name
         self.probe: SqnrProbe | None = None
+        #: dtype of the layer this one replaced (a LoRA branch beside it runs in it); ``None`` if unknown
+        self.compute_dtype: torch.dtype | None = None
+        #: LoRA adapters fused into the quantized tensors since quantization, and the tensors before that
+        #: (see :mod:`.lora`); adapters that were fused into the weights before they were quantized
+        self.lora_fused: list[str] = []
+        self.prefuse: dict[str, torch.Tensor] | None = None
+        self.lora_fused_before: tuple[str, ...] = ()
         object.__setattr__(self, "_original", None)
 
     @property

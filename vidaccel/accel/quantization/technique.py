@@ -10,8 +10,9 @@ from torch import nn
 from ...core.technique import Technique, register_technique
 from .calibration import Calibrator, plan_from_volatility
 from .config import QuantConfig
-from .layers import layer_formats, plain_linears, quantize_linears, set_child, skip_reason, weight_bytes
-from .modules import Fp8Linear, QuantLinear, SqnrProbe
+from .layers import layer_formats, locate, plain_linears, quantize_linears, skip_reason, weight_bytes
+from .modules import QuantLinear, SqnrProbe
+from .originals import DiskOriginals
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,11 @@ class QuantTechnique(Technique):
         return QuantConfig(format="fp8")
 
     def attach(self) -> None:
+        from .lora import install_peft_dispatch
+
+        install_peft_dispatch()  # a LoRA loaded after this wraps the quantized layers (QuantLoraLinear)
         self.loaded = getattr(self, "loaded", False)
+        self.disk: DiskOriginals | None = None
         self.originals: dict[str, nn.Linear] = {}
         self.quantized: dict[str, QuantLinear] = {}
         self.formats: dict[str, str] = {}
@@ -60,6 +65,10 @@ class QuantTechnique(Technique):
 
     def attach_loaded(self, quantized: dict[str, QuantLinear], layers: dict[str, str]) -> None:
         """Adopt modules built by :func:`load_quantized` (no originals: not removable, SQNR unavailable)."""
+        from .lora import install_peft_dispatch
+
+        install_peft_dispatch()
+        self.disk = None
         self.originals, self.quantized, self.formats = {}, dict(quantized), dict(layers)
         patterns = self.config.skip_patterns(self.family)
         names = [n for n, m in self.model.named_modules() if type(m) is nn.Linear or isinstance(m, QuantLinear)]
@@ -82,29 +91,62 @@ class QuantTechnique(Technique):
         self.handles = [self.model.register_forward_pre_hook(pre), self.model.register_forward_hook(post)]
 
     def _quantize(self, plan: dict[str, str] | None) -> None:
-        self.formats, self.skipped = layer_formats(self.model, self.config, plan)
+        formats, skipped = layer_formats(self.model, self.config, plan)
+        keep = self.config.keep_original
+        if keep == "disk" and formats:  # checked before anything changes: a refusal leaves the model as it was
+            disk = DiskOriginals(self.model, self.role)
+            for name in formats:
+                disk.verify_and_record(name, getattr(*locate(self.model, name)))
+            self.disk = disk
+        self.formats, self.skipped = formats, skipped
         if not self.formats:
             logger.warning("QuantConfig(skip=%r) quantizes nothing on the %s: every one of its %d linear layers "
                            "matches a skip pattern, so it runs in full precision", self.config.skip, self.role,
                            len(self.skipped))
         self.quantized = quantize_linears(self.model, self.config, self.formats)
         for name, qmodule in self.quantized.items():
-            self.originals[name] = qmodule.original
             qmodule.probe = self.probe
-        if self.config.keep_original == "cpu":
+            if keep in ("cpu", "device"):
+                self.originals[name] = qmodule.original
+            else:  # "disk" / "none": the original weights are freed (no SQNR: nothing to compare with)
+                qmodule.set_original(None)
+        if keep == "cpu":
             for linear in self.originals.values():
                 linear.to("cpu")
 
     def removable(self) -> str | None:
-        if self.loaded:
-            return ("was loaded from a quantized checkpoint: its original weights are not in memory (load the "
-                    "unquantized model with from_pretrained instead)")
+        try:
+            self._check_removable()
+        except RuntimeError as e:
+            return str(e)
         return None
 
-    def detach(self) -> None:
+    def _check_removable(self) -> dict[int, tuple[nn.Module, str]]:
+        """Where each quantized layer sits now (a LoRA wrapper's ``base_layer``, or its own place after
+        ``unload_lora_weights``); raises, before anything changes, when the originals cannot come back."""
         if self.loaded:
             raise RuntimeError(f"the {self.role} was built by load_quantized: its original weights are not in memory, "
                                "so quantization cannot be removed; load the unquantized model with from_pretrained")
+        if not self.quantized:
+            return {}
+        if self.config.keep_original == "none":
+            raise RuntimeError(f"QuantConfig(keep_original='none') dropped the original weights of the {self.role}, "
+                               "so quantization cannot be removed; reload the model (from_pretrained), or apply with "
+                               "keep_original='disk' / 'cpu' / 'device' to keep a way back")
+        fused = sorted(n for n, q in self.quantized.items() if q.lora_fused)
+        if fused:
+            raise RuntimeError(f"a LoRA is fused into the quantized weights of {len(fused)} layers of the {self.role} "
+                               f"(e.g. {fused[0]}); call unfuse_lora() before removing quantization (after "
+                               "unload_lora_weights the fused weights exist only in quantized form: reload the model)")
+        where = {id(child): (parent, attr) for parent in self.model.modules() for attr, child in parent._modules.items()}
+        missing = [n for n, q in self.quantized.items() if id(q) not in where]
+        if missing:
+            raise RuntimeError(f"{len(missing)} quantized layers of the {self.role} are no longer in the model (e.g. "
+                               f"{missing[0]}): they were replaced after quantization, so they cannot be restored")
+        return where
+
+    def detach(self) -> None:
+        where = self._check_removable()
         dtype = self.model.dtype  # the originals go back in the model's dtype of now (pipe.to(...) after apply)
         for h in self.handles:
             h.remove()
@@ -112,17 +154,22 @@ class QuantTechnique(Technique):
         if self.calibrator is not None:
             self.calibrator.detach()
             self.calibrator = None
-        for name, linear in self.originals.items():
-            qmodule = self.quantized[name]
-            ref = qmodule.weight_fp8 if isinstance(qmodule, Fp8Linear) else qmodule.weight_packed
-            if linear.weight.device != ref.device:
-                linear.to(ref.device)
+        from .lora import release_wrapper
+
+        for name, qmodule in self.quantized.items():
+            device = next(iter(qmodule._buffers.values())).device
+            linear = self.originals[name] if name in self.originals else self.disk.restore(name, device)
+            if linear.weight.device != device:
+                linear.to(device)
             if dtype != self.attach_dtype and linear.weight.dtype != dtype:
                 linear.to(dtype)
             qmodule.set_original(None)
-            set_child(self.model, name, linear)
+            parent, attr = where[id(qmodule)]
+            setattr(parent, attr, linear)
+            release_wrapper(parent)
         self.originals.clear()
         self.quantized.clear()
+        self.disk = None
 
     def reset(self) -> None:
         self.calls = 0

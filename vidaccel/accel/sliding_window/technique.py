@@ -201,6 +201,12 @@ class SlidingWindowTechnique(Technique):
         self.pairs_computed += _density(self.grid, self.config.window, self.tile, text_len)
         self.pairs_total += 1.0
 
+    def count_density(self, density: float) -> None:
+        """Record one windowed self-attention call computed elsewhere (long video) at ``density``."""
+        self.sparse_calls += 1
+        self.pairs_computed += density
+        self.pairs_total += 1.0
+
     def attend(self, q, k, v, num_text_tokens: int):
         return sliding_tile_attention(q, k, v, grid=self.grid, window=self.config.window, tile=self.tile,
                                       num_text_tokens=num_text_tokens, backend=self.config.backend)

@@ -81,6 +81,10 @@ class Fp8Weight:
     def in_features(self) -> int:
         return self.data.shape[1]
 
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     def dequantize(self) -> torch.Tensor:
         return naive.dequantize(self.data, self.scale)
 
@@ -373,14 +377,14 @@ def fp8_linear(x: torch.Tensor | Fp8Activation, qweight: Fp8Weight, bias: torch.
             raise ValueError(f"x has {x.in_features} features in its last dim but the weight expects "
                              f"{qweight.in_features}")
         y = fp8_gemm(x.data, x.scale, qweight, bias, out_dtype=x.dtype, backend=backend)
-        return y.reshape(*x.shape[:-1], -1)
+        return y.reshape(*x.shape[:-1], qweight.out_features)
     check_linear_input(x, qweight.in_features)
     lead = x.shape[:-1]
     if activations == "none":
         x2 = x.reshape(-1, x.shape[-1])
         w = qweight.dequantize().to(x.dtype)
         y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
-        return y.reshape(*lead, -1)
+        return y.reshape(*lead, qweight.out_features)
     xq = quantize_activation(x, backend="torch" if backend == "torch" else "triton" if backend == "triton" else "auto")
     y = fp8_gemm(xq.data, xq.scale, qweight, bias, out_dtype=x.dtype, backend=backend)
-    return y.reshape(*lead, -1)
+    return y.reshape(*lead, qweight.out_features)

@@ -85,6 +85,10 @@ class NVFP4Weight:
     def out_features(self) -> int:
         return self.data.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     def dequantize(self) -> torch.Tensor:
         """fp32 ``[N, K]``."""
         return naive.dequantize(self.data, self.block_scale, self.global_scale, self.in_features)

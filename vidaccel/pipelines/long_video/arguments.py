@@ -23,6 +23,11 @@ def check_call_arguments(*, num_frames, seconds, fps, chunk, window, sink, posit
     if window < chunk + sink + 1:
         raise ValueError(f"window_frames={window!r} is not allowed: it must be >= chunk_frames + sink_frames + 1 "
                          f"= {chunk + sink + 1} latent frames (the chunk, the sink and at least one recent frame)")
+    if use_kv_cache is True and window < 2 * chunk + sink:
+        raise ValueError(f"window_frames={window!r} is not allowed with use_kv_cache=True: it must be >= "
+                         f"2 * chunk_frames + sink_frames = {2 * chunk + sink} latent frames (the rolling cache "
+                         f"holds the sink plus whole chunks of recent frames: each chunk is written at once); "
+                         f"use_kv_cache=False runs from chunk_frames + sink_frames + 1 = {chunk + sink + 1}")
     check_choice("", "positions", positions, ("relative", "absolute"))
     for name, value in (("height", height), ("width", width)):
         check_int("", name, value, lo=16, hi=2**20, optional=True)

@@ -15,6 +15,7 @@ from ...core.processors import ProcessorWrapper
 from ...families import ModelFamily, Rotary
 from ...kernels.attention import flash_attention, merge_attention
 from .kv_cache import RollingKVCache
+from .techniques import LongVideoTechniques
 
 __all__ = ["PassState", "KVCachedAttention", "frame_rotary"]
 
@@ -46,6 +47,7 @@ class PassState:
     context_parts: dict = field(default_factory=dict)
     context_lengths: dict = field(default_factory=dict)
     context_tokens: int = 0        # tokens attended in the cache, summed over layers (stats)
+    techniques: "LongVideoTechniques | None" = None  # windowed / linear layers (see .techniques)
 
 
 class KVCachedAttention(ProcessorWrapper):
@@ -62,6 +64,14 @@ class KVCachedAttention(ProcessorWrapper):
         if inputs is None:
             return self.inner(attn, *args, **kwargs)
         q, k, v = inputs.q, inputs.k, inputs.v
+        mode = st.techniques.mode(self.layer) if st.techniques is not None else "dense"
+        if mode != "dense":
+            out = self._technique_attention(mode, q, k, v)
+            if st.write:
+                st.cache.update(self.layer, k, v, st.frame_start)
+            return self.family.attention_output(attn, out, inputs)
+        if st.techniques is not None and st.techniques.window is not None:
+            st.techniques.window.count(None, 0)
         q_rot, k_rot = st.rope_q(q), st.rope_q(k)
         reuse = st.reuse and not st.write and not st.reuse_fresh and self.layer in st.context_parts
         if reuse:  # FlashBlock: the context part of this chunk's attention from its first step
@@ -88,3 +98,20 @@ class KVCachedAttention(ProcessorWrapper):
         if st.write:
             st.cache.update(self.layer, k, v, st.frame_start)
         return self.family.attention_output(attn, out, inputs)
+
+    def _technique_attention(self, mode: str, q, k, v):
+        """A windowed or linear layer: the chunk's queries over [cached frames | chunk] (see .techniques)."""
+        st = self.state
+        ck, cv = st.cache.get(self.layer)
+        n_ctx = ck.shape[1]
+        st.context_tokens += n_ctx
+        ck, cv = ck.to(k.dtype), cv.to(v.dtype)
+        v_all = torch.cat([cv, v], 1)
+        if mode == "linear":
+            return st.techniques.linear_kv(self.layer, q, torch.cat([ck, k], 1), v_all, st.rope_q, st.rope_k, n_ctx)
+        cache = st.cache
+        tpf = cache.tokens_per_frame
+        sink = sum(1 for s in range(cache.sink_frames) if cache.slot_frame[s] >= 0)
+        k_all = torch.cat([st.rope_k(ck), st.rope_q(k)], 1) if n_ctx else st.rope_q(k)
+        return st.techniques.window_kv(st.rope_q(q), k_all, v_all, sink * tpf, (n_ctx + k.shape[1]) // tpf,
+                                       k.shape[1] // tpf)

@@ -17,7 +17,8 @@ import torch
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...families import family_for
 
-__all__ = ["BlockCausalState", "block_causal_mask", "apply_block_causal", "remove_block_causal", "has_block_causal"]
+__all__ = ["BlockCausalState", "block_causal_mask", "apply_block_causal", "remove_block_causal", "has_block_causal",
+           "block_causal_state"]
 
 _ATTR = "_vidaccel_block_causal"
 
@@ -101,6 +102,14 @@ def apply_block_causal(transformer: torch.nn.Module, chunk_frames: int) -> Block
     swap.attach()
     object.__setattr__(transformer, _ATTR, (handle, swap, state))
     return state
+
+
+def block_causal_state(transformer: torch.nn.Module) -> BlockCausalState:
+    """The :class:`BlockCausalState` of a transformer :func:`apply_block_causal` was applied to."""
+    entry = transformer.__dict__.get(_ATTR)
+    if entry is None:
+        raise ValueError("block_causal_state: apply_block_causal was not applied to this transformer")
+    return entry[2]
 
 
 def has_block_causal(transformer: torch.nn.Module) -> bool:

@@ -26,11 +26,12 @@ from ...families import ModelFamily, family_for, pipeline_transformers
 from ...memory import peak_memory, reset_peak_memory
 from ...video import deferred_signals, to_uint8_frames
 from .attention import KVCachedAttention, PassState, frame_rotary
-from .block_causal import apply_block_causal, has_block_causal, remove_block_causal
+from .block_causal import apply_block_causal, block_causal_state, has_block_causal, remove_block_causal
 from .arguments import check_call_arguments
 from .config import CausalConfig
 from .kv_cache import RollingKVCache
 from .schedule import parse_schedule
+from .techniques import LongVideoTechniques, RecomputeAttention, check_config
 from .writer import ChunkedMp4Writer
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class _Plan:
     height: int            # latent
     width: int
     tokens_per_frame: int
+    grid_hw: tuple[int, int]
     channels: int
     fps: float
     positions: str
@@ -99,6 +101,7 @@ class _Call:
     writer: ChunkedMp4Writer | None
     progress: bool
     max_sequence_length: int
+    techniques: LongVideoTechniques
 
 
 class LongVideoPipeline(diffusers.WanPipeline):
@@ -128,6 +131,11 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
         pipe = cls.from_pretrained(os.fspath(embedded_path("shapes-ar")), dtype=dtype)
         return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def vidaccel_accepts(self, config, technique_cls) -> None:
+        """Called by :func:`vidaccel.apply` before anything changes: refuse techniques that cannot act in a
+        long-video call (:mod:`.techniques`)."""
+        check_config(config, technique_cls.name)
 
     # -- public entry points ---------------------------------------------------------------------------
     def __call__(self, prompt, *, return_frames: bool = True, result: LongVideoOutput | None = None,
@@ -188,6 +196,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
             negative_prompt=negative_prompt, seed=seed, use_kv_cache=use_kv_cache,
             reuse_context_attention=reuse_context_attention, progress=progress, schedule_unit=schedule_unit,
             ema_decay=ema_decay, context_noise=context_noise, max_sequence_length=max_sequence_length)
+        techniques = LongVideoTechniques(self.transformer)  # refuses what cannot act here, before any work
         writer = ChunkedMp4Writer(output, fps) if output is not None else None
         plan = self._plan(prompt, num_frames=num_frames, seconds=seconds, fps=fps, schedule_unit=schedule_unit,
                           chunk=chunk, window=window, sink_frames=sink_frames, guidance_scale=guidance_scale,
@@ -198,11 +207,17 @@ class LongVideoPipeline(diffusers.WanPipeline):
         sched = self._chunk_scheduler(timesteps, num_inference_steps or 20, self._execution_device)
         return _Call(plan=plan, sched=sched, seed=seed, negative_prompt=negative_prompt, use_kv_cache=use_kv_cache,
                      ema_decay=ema_decay, reuse_context_attention=reuse_context_attention, writer=writer,
-                     progress=progress, max_sequence_length=msl or cc.max_sequence_length)
+                     progress=progress, max_sequence_length=msl or cc.max_sequence_length, techniques=techniques)
 
     def _plan(self, prompt, *, num_frames, seconds, fps, schedule_unit, chunk, window, sink_frames, guidance_scale,
               height, width, positions, context_noise) -> _Plan:
         transformer = self.transformer
+        cfg = transformer.config
+        if cfg.in_channels != cfg.out_channels:
+            raise ValueError(f"the transformer takes {cfg.in_channels} input channels for {cfg.out_channels} output "
+                             "channels: an image-to-video checkpoint (image latents concatenated to the noise), which "
+                             "LongVideoPipeline does not condition; it runs text-to-video Wan transformers (in_channels "
+                             "== out_channels: Wan2.1-T2V-1.3B / 14B, Wan2.2-TI2V-5B, causal checkpoints made from them)")
         family = family_for(transformer)
         total = num_frames if num_frames is not None else int(round(seconds * fps))
         if total < 1:
@@ -230,8 +245,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return _Plan(family=family, schedule=parse_schedule(prompt, total, fps, schedule_unit), total=total,
                      num_chunks=num_chunks, chunk=chunk, window=window, sink=sink_frames, history_cap=window - chunk,
                      context_noise=context_noise, guidance=guidance, batch=2 if guidance > 1.0 else 1, height=h,
-                     width=w, tokens_per_frame=gh * gw, channels=transformer.config.in_channels, fps=fps,
-                     positions=positions)
+                     width=w, tokens_per_frame=gh * gw, grid_hw=(gh, gw), channels=transformer.config.in_channels,
+                     fps=fps, positions=positions)
 
     def _generate(self, call: _Call, result: LongVideoOutput | None):
         models = [m for _, m in pipeline_transformers(self) if attached(m)]
@@ -240,7 +255,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
 
     @torch.no_grad()  # a generator: torch re-enters no_grad at every resumption
     def _run(self, call: _Call, result: LongVideoOutput | None):
-        plan, writer, use_kv_cache = call.plan, call.writer, call.use_kv_cache
+        plan, writer, use_kv_cache, techniques = call.plan, call.writer, call.use_kv_cache, call.techniques
+        techniques.now.grid_hw, techniques.now.chunk_frames = plan.grid_hw, plan.chunk
         device = self._execution_device
         sched_template = call.sched
         self._num_timesteps = len(sched_template.timesteps)  # read by step-aware techniques (cache guards)
@@ -271,7 +287,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
                                    transformer.config.attention_head_dim, tpf, sink_frames=plan.sink,
                                    window_frames=plan.history_cap - plan.sink, ema_decay=call.ema_decay,
                                    dtype=transformer.dtype, device=device)
-            state = PassState(cache=cache, reuse=call.reuse_context_attention)
+            state = PassState(cache=cache, reuse=call.reuse_context_attention,
+                              techniques=techniques if techniques.changes_attention else None)
             rope_frames = plan.window if plan.positions == "relative" else plan.num_chunks * chunk
             rope_table = family.rope_table(transformer, rope_frames, plan.height, plan.width)
             remove_block_causal(transformer)
@@ -280,6 +297,12 @@ class LongVideoPipeline(diffusers.WanPipeline):
             swap.attach()
         elif not had_causal:
             apply_block_causal(transformer, chunk)
+        recompute_swap = None
+        if not use_kv_cache and techniques.changes_attention:
+            recompute_swap = ProcessorSwap(family, transformer, lambda p, i: wrap_processor(
+                RecomputeAttention, p, i, techniques=techniques, family=family,
+                block_causal=block_causal_state(transformer)))
+            recompute_swap.attach()
 
         history: dict[int, torch.Tensor] = {}  # visible committed frames, noised: absolute index -> [1, C, 1, h, w]
         decoder = family.streaming_decoder(self.vae)
@@ -313,7 +336,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
                 frame_start = c * chunk
                 x = torch.randn(1, plan.channels, chunk, plan.height, plan.width, generator=gen).to(device, torch.float32)
                 x = self._denoise_chunk(x, copy.deepcopy(sched_template), enc, plan, frame_start, history, state,
-                                        rope_table)
+                                        rope_table, techniques)
                 noised = (1 - cn) * x + cn * torch.randn(x.shape, generator=gen).to(device)
                 if use_kv_cache:
                     self._commit(state, noised, enc, plan, frame_start)
@@ -349,6 +372,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
         finally:
             bar.close()
             self._restore_sigterm(previous_handler)
+            if recompute_swap is not None:
+                recompute_swap.detach()
             if swap is not None:
                 swap.detach()
                 if had_causal:
@@ -367,7 +392,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
         return result
 
     def _denoise_chunk(self, x, sched, enc, plan: _Plan, frame_start: int, history, state: PassState | None,
-                       rope_table):
+                       rope_table, techniques: LongVideoTechniques):
         """Denoise one chunk's latents ``x`` through every step of ``sched``; returns the clean latents."""
         dtype, device = self.transformer.dtype, x.device
         chunk, tpf = plan.chunk, plan.tokens_per_frame
@@ -379,7 +404,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
             visible = self._visible(history, plan.sink, plan.history_cap)
             ctx = torch.cat([history[a] for a in visible], dim=2) if visible else None
             n_ctx = len(visible)
-        for t in sched.timesteps:
+            techniques.now.sink_frames = min(plan.sink, n_ctx)
+        for i, t in enumerate(sched.timesteps):
+            techniques.now.step = i
             if state is not None:
                 inp = x.to(dtype)
                 ts = torch.full((1, chunk * tpf), float(t), device=device)
@@ -442,6 +469,8 @@ class LongVideoPipeline(diffusers.WanPipeline):
         """Write the noised clean chunk's keys/values into the cache (one pass at the context timestep)."""
         state.write = True
         state.frame_start = frame_start
+        if state.techniques is not None:
+            state.techniques.now.step = None
         batch = plan.batch if batch is None else batch
         try:
             frames = noised.shape[2]
