@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from ..parallel.launch import reports_error
+
+        if reports_error(e):  # under torchrun: once, not once per rank
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

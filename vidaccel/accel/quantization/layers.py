@@ -7,6 +7,7 @@ import re
 import torch
 from torch import nn
 
+from ...core.context_parallel import move_hooks
 from ...families import ModelFamily, family_for
 from ...kernels.nvfp4 import naive as nvfp4_naive
 from .config import QuantConfig
@@ -80,8 +81,11 @@ def quantize_linears(module: nn.Module, config: QuantConfig, formats: dict[str, 
 
 
 def set_child(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name``; diffusers hooks of the module it replaces move to it (the output projection
+    carries context parallelism's gather)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    move_hooks(getattr(parent, child), module)
     setattr(parent, child, module)
 
 
