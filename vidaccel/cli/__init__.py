@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         from ..parallel.launch import reports_error
 
-        if reports_error(e):  # under torchrun: once, not once per rank
+        if reports_error(e):  # argument errors under torchrun: once, not once per rank
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

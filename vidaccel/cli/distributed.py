@@ -10,6 +10,8 @@ processes splitting a prompt file each write their own videos, and rank 0 writes
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from typing import Callable
 
 from .common import CliError, int_at_least
@@ -84,7 +86,7 @@ def run(args, make_video: Callable, video_kwargs: Callable) -> int:
     from ..parallel import launch
 
     launch.init_distributed()
-    with launch.failures_end_all_ranks():
+    with launch.failures_end_all_ranks(_report):
         pipe = _load(args)
         kwargs = video_kwargs(args, pipe)
         if prompts is None:
@@ -96,6 +98,18 @@ def run(args, make_video: Callable, video_kwargs: Callable) -> int:
             _run_batch(args, pipe, prompts, output, kwargs, make_video)
         launch.barrier()
     return 0
+
+
+def _report(error: BaseException) -> int:
+    """How the command line shows an error (once, on the rank that failed first): its exit code."""
+    if isinstance(error, CliError):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    traceback.print_exception(error)
+    return 1
 
 
 def _load(args):

@@ -14,7 +14,10 @@ The op contract (``op(query, key, value, *, params, scale, return_lse, layout)``
   ``o = o1 + sigmoid(l2 - l1) (o2 - o1)``, so any op whose result over a union of key sets is the
   ``exp(lse)``-weighted mean of its per-set results may return its own normaliser as ``lse`` (linear attention:
   ``log`` of its denominator). A query row that sees no key of a chunk must return ``out = 0`` and a finite
-  ``lse`` far below the others (:data:`EMPTY_LSE`), never ``-inf`` (the merge would give NaN).
+  ``lse`` far below the others (:data:`EMPTY_LSE`), never ``-inf`` (the merge would give NaN). The merge of such a
+  row is exact when the chunk is not the first one the row meets (``sigmoid(EMPTY_LSE - lse)`` is 0 in fp32);
+  on the first (the local chunk, which holds the row's own key for the ops here) it would cost ``lse`` about
+  ``|EMPTY_LSE| * 2**-24`` of precision.
 * ``params``: whatever the caller passed as ``params`` to :func:`dispatch` (grid, window, feature maps...).
 * ``layout``: a :class:`SequenceLayout` saying which part of the full sequence the query and key tokens are:
   without context parallelism the whole sequence; under Ulysses the whole sequence with ``H / ulysses`` heads;

@@ -38,6 +38,9 @@ class ProcessorWrapper:
 
     #: Attention-backend settings pass through this processor to ``inner`` (see :func:`innermost`).
     forwards_attention = True
+    #: Correct under context parallelism (a subclass that computes attention itself without diffusers'
+    #: dispatcher over this rank's tokens only sets it False; ``enable_parallelism`` then refuses).
+    context_parallel = True
 
     def __init__(self, inner, layer: int):
         self.inner = inner

@@ -7,7 +7,8 @@ per GPU with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MAS
 Only the main process (rank 0) writes a video that all ranks computed together (:func:`is_main_process`).
 :func:`failures_end_all_ranks` makes a failure on one rank end every rank with the error shown once: the first
 rank to fail reports it, ranks that fail after it stay quiet, and healthy ranks (which may be waiting in a
-collective for the failed one) are ended by a watchdog polling the group's key-value store.
+collective for the failed one) are ended by a watchdog polling the group's key-value store. The report comes
+before any rank ends, so a launcher that stops the others when one exits cannot cut it off.
 
 Nothing here imports torch at module level (the command line checks ranks before loading anything).
 """
@@ -20,7 +21,8 @@ import logging
 import os
 import sys
 import threading
-import time
+import traceback
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "local_ra
 
 #: Exit code of a healthy rank ended because another rank failed.
 EXIT_PEER_FAILED = 1
-_FAILURE_KEY = "vidaccel/failed_ranks"
+_CLAIM_KEY = "vidaccel/failures"  # counter: the rank that makes it 1 reports
+_FAILED_KEY = "vidaccel/failed"  # set once the report is out: every other rank ends
 _POLL_S = 0.2
 
 
@@ -115,11 +118,8 @@ def barrier() -> None:
 
 
 def reports_error(error: BaseException | None = None) -> bool:
-    """Whether this process prints ``error``: the rank :func:`failures_end_all_ranks` chose for it; for errors
-    raised outside it (argument validation, which every rank raises alike) rank 0 only."""
-    chosen = getattr(error, "vidaccel_report", None)
-    if chosen is not None:
-        return bool(chosen)
+    """Whether this process prints an error raised before :func:`failures_end_all_ranks` took over (argument
+    validation, which every rank raises alike): rank 0 only, or a process outside any launch."""
     return _env_rank() == 0
 
 
@@ -133,7 +133,7 @@ def _store():
 
 
 class _Watchdog(threading.Thread):
-    """Ends this process when another rank recorded a failure in the store."""
+    """Ends this process once a failed rank has reported (or the store's host, rank 0, is gone)."""
 
     def __init__(self, store):
         super().__init__(name="vidaccel-failure-watchdog", daemon=True)
@@ -144,7 +144,7 @@ class _Watchdog(threading.Thread):
     def run(self):
         while not self.stopped.wait(_POLL_S):
             try:
-                failed = self.store.check([_FAILURE_KEY])
+                failed = self.store.check([_FAILED_KEY])
             except Exception:  # noqa: BLE001 - the store's host (rank 0) is gone while this rank still runs
                 failed = True
             if failed and not self.failing and not self.stopped.is_set():
@@ -154,14 +154,20 @@ class _Watchdog(threading.Thread):
                 os._exit(EXIT_PEER_FAILED)
 
 
-@contextlib.contextmanager
-def failures_end_all_ranks():
-    """Inside this block, an exception on any rank ends every rank, and only the first failing rank reports it.
+def _print_traceback(error: BaseException) -> int:
+    traceback.print_exception(error)
+    return 1
 
-    The first rank to fail re-raises its exception marked ``vidaccel_report = True`` (the command line prints
-    it, or Python shows the traceback); a rank that fails after it raises ``SystemExit(1)`` quietly; a healthy
-    rank is ended (exit code :data:`EXIT_PEER_FAILED`) by a watchdog within a fraction of a second. Does nothing
-    without an active process group.
+
+@contextlib.contextmanager
+def failures_end_all_ranks(report: Callable[[BaseException], int] | None = None):
+    """Inside this block, an exception on any rank ends every rank, and the error is shown once.
+
+    The first rank to fail calls ``report(error)`` (default: print the traceback; it returns the exit code),
+    then marks the failure in the group's store and exits with that code; a rank that fails after it exits
+    quietly (:data:`EXIT_PEER_FAILED`) once the first has reported; a healthy rank (maybe waiting in a collective
+    for the failed one) is ended by a watchdog within a fraction of a second. ``torchrun`` then stops too.
+    Does nothing without an active process group.
     """
     store = _store() if is_distributed() else None
     if store is None:
@@ -173,14 +179,19 @@ def failures_end_all_ranks():
         yield
     except BaseException as error:
         watchdog.failing = True
-        first = store.add(_FAILURE_KEY, 1) == 1
-        # rank 0 hosts the store: give the other ranks' watchdogs time to read the mark before exiting
-        time.sleep(3 * _POLL_S)
-        if not first:
-            raise SystemExit(EXIT_PEER_FAILED) from None
-        with contextlib.suppress(AttributeError):
-            error.vidaccel_report = True
-        raise
+        if isinstance(error, SystemExit) and error.code in (0, None):
+            raise
+        if store.add(_CLAIM_KEY, 1) == 1:
+            try:
+                code = (report or _print_traceback)(error)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                store.set(_FAILED_KEY, str(rank()))
+            raise SystemExit(code) from None
+        with contextlib.suppress(Exception):
+            store.wait([_FAILED_KEY], datetime.timedelta(seconds=60))
+        raise SystemExit(EXIT_PEER_FAILED) from None
     finally:
         watchdog.stopped.set()
         watchdog.join(timeout=2 * _POLL_S)

@@ -58,6 +58,13 @@ def _check_model(role: str, model, config: ParallelConfig) -> None:
         raise ValueError(f"context parallelism is already enabled on {role} ({name})")
     if family.cp_plan(model) is None:
         raise ValueError(f"{name} has no context-parallel plan; supported: {', '.join(supported_model_classes())}")
+    for i, attn in family.self_attentions(model):
+        processor = attn.processor
+        while processor is not None:
+            if not getattr(processor, "context_parallel", True):
+                raise ValueError(f"{type(processor).__name__} (layer {i} of {role}) computes attention over this "
+                                 "rank's tokens only and does not support context parallelism")
+            processor = processor.inner if getattr(processor, "forwards_attention", False) else None
     heads = model.config.num_attention_heads
     if heads % config.ulysses:
         raise ValueError(f"ParallelConfig.ulysses={config.ulysses} is not allowed for {role} ({name}): its "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...accel.caching import bypass_cache
+from ...core.context_parallel import cp_config
 from ...core.processors import ProcessorSwap, wrap_processor
 from ...families import ModelFamily, family_for
 from ...memory import peak_memory, reset_peak_memory
@@ -182,6 +183,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
         sched_template = self._chunk_scheduler(timesteps, num_inference_steps or 20, device)
         self._num_timesteps = len(sched_template.timesteps)  # read by step-aware techniques (cache guards)
         transformer = self.transformer
+        if cp_config(transformer) is not None:
+            raise ValueError("rolling-KV long video runs on one process: its attention reads this rank's KV cache "
+                             "only; use a transformer without context parallelism (enable_parallelism)")
         family, chunk, tpf, cn = plan.family, plan.chunk, plan.tokens_per_frame, plan.context_noise
         gen = torch.Generator(device="cpu").manual_seed(seed)
         msl = max_sequence_length or (self.causal_config or CausalConfig()).max_sequence_length
