@@ -2,7 +2,7 @@
 
 Modes:
 
-* default (CPU): one random-weight Wan-shaped transformer (4 layers, 4 heads x 64, 2,048 tokens) per technique,
+* default (CPU): one random-weight Wan-shaped transformer (4 layers, 4 heads x 64, 1,024 tokens) per technique,
   one process (1 and 2 threads) vs 2 gloo processes of 1 thread each under Ulysses and under ring: time per
   denoising step (one transformer call), the share of it spent in collectives, the bytes they move, and the peak
   RSS per rank. **CPU timings of gloo over loopback say nothing about NVLink speed-ups**: on a GPU the
@@ -52,7 +52,7 @@ RESULTS = os.path.join(HERE, "results")
 CPU_MODEL = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
                  text_dim=64, freq_dim=256, ffn_dim=1024, num_layers=4, cross_attn_norm=True,
                  qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
-CPU_LATENT = (1, 16, 8, 32, 32)  # token grid (8, 16, 16): 2,048 tokens
+CPU_LATENT = (1, 16, 4, 32, 32)  # token grid (4, 16, 16): 1,024 tokens
 #: Wan2.1-T2V-14B's transformer config (40 layers, dim 5120 = 40 heads x 128, ffn 13824).
 WAN14_MODEL = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,

@@ -51,6 +51,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _plain(value):
+    """Tensors as numpy arrays: torch pickles tensors through shared file descriptors that die with the rank."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _child(rank, world, port, fn, args, queue, init_group, log_path):
     import torch.distributed as dist
 
@@ -66,7 +77,7 @@ def _child(rank, world, port, fn, args, queue, init_group, log_path):
         if init_group:
             dist.init_process_group("gloo", rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
-        queue.put((rank, "ok", fn(rank, world, *args)))
+        queue.put((rank, "ok", _plain(fn(rank, world, *args))))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
         queue.put((rank, "error", traceback.format_exc()[-4000:]))
     finally:

@@ -407,6 +407,36 @@ def test_one_video_over_two_ranks_from_the_command_line_is_written_by_rank_0_onl
     assert "wrote" not in logs[1]
 
 
+def _load_parallel(rank, world, model):
+    from vidaccel.loading import load_pipeline
+    from vidaccel.pipelines import WanPipeline
+
+    kw = dict(num_frames=5, height=32, width=32, num_inference_steps=3, max_sequence_length=16, output_type="latent")
+    with cpu_device_count_shim():
+        pipe = load_pipeline(model, device="cpu", accel=[CacheConfig(threshold=0.5)], parallel={"ulysses": 2})
+        dropin = WanPipeline.from_pretrained(model, parallel=ParallelConfig(ring=2))
+    for p in (pipe, dropin):
+        p.set_progress_bar_config(disable=True)
+    out = [p("a red circle", generator=torch.Generator().manual_seed(0), **kw).frames for p in (pipe, dropin)]
+    return out, vidaccel.applied(pipe), dist.get_world_size()
+
+
+def test_load_pipeline_and_drop_in_from_pretrained_take_parallel(tmp_path):
+    from vidaccel.loading import load_pipeline
+
+    model = _save_tiny_wan(tmp_path / "model")
+    single = load_pipeline(model, device="cpu", accel=[CacheConfig(threshold=0.5)])
+    single.set_progress_bar_config(disable=True)
+    kw = dict(num_frames=5, height=32, width=32, num_inference_steps=3, max_sequence_length=16, output_type="latent")
+    ref = single("a red circle", generator=torch.Generator().manual_seed(0), **kw).frames
+    vidaccel.remove(single)
+    plain = single("a red circle", generator=torch.Generator().manual_seed(0), **kw).frames
+    for (cached, dropin), applied, world in run_distributed(_load_parallel, model, init_group=False, timeout=240):
+        assert world == 2 and applied == ["cache"]  # load_pipeline joined torchrun's group itself
+        assert (cached == ref.numpy()).all()  # Ulysses on Wan: bit-exact
+        assert abs(dropin - plain.numpy()).max() <= REASSOCIATION * plain.abs().max().item()  # ring
+
+
 @pytest.mark.parametrize("argv,env,needle", [
     (["a red circle", "--ulysses", "2"], {}, "spreads one video over 2 processes, but 1 was launched"),
     (["a red circle", "--ring", "2", "--ulysses", "2"], {"WORLD_SIZE": "2"}, "over 4 processes, but 2 were"),
@@ -514,3 +544,18 @@ def test_backend_selection_is_per_processor_and_never_process_wide():
         attention_backend.register_backend("flash", lambda *a, **k: None)
     with pytest.raises(ValueError, match="attention backend 'nope' is not registered"):
         attention_backend.select(attn.processor, "nope")
+
+
+def test_enable_refuses_processors_that_attend_over_their_own_tokens_only():
+    from vidaccel.core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
+    from vidaccel.families import family_for
+    from vidaccel.pipelines.long_video.attention import KVCachedAttention
+
+    class Local(ProcessorWrapper):
+        context_parallel = False
+
+    assert KVCachedAttention.context_parallel is False  # rolling-KV long video: one process
+    pipe = _make("wan21")
+    ProcessorSwap(family_for(pipe.transformer), pipe.transformer, lambda p, i: wrap_processor(Local, p, i)).attach()
+    with pytest.raises(ValueError, match=r"Local \(layer 0 of transformer\) computes attention over this rank's"):
+        enable_parallelism(pipe, ParallelConfig(ulysses=2))
