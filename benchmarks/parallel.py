@@ -346,13 +346,19 @@ def gpu_mode(args) -> dict | None:
             "Wan2.1-T2V-14B, bf16, 720p 81 frames (75,600 tokens)", "per_rank": every}
 
 
-def _write(name: str, payload: dict, table: str, command: str) -> None:
+TIMING_NOTE = ("CPU timings of gloo over loopback on a shared 2-core machine do not predict NVLink speed-ups: they "
+               "show that each technique runs under context parallelism, what it sends and the memory per rank.")
+MATRIX_NOTE = ("max |parallel - one process| / max |one process| over the final latents of a whole pipeline call "
+               "(tiny random-weight pipelines, fp32, CPU, gloo); the last column is the technique's own change to "
+               "the output, for scale. FP8 with dynamic activations: an ulp-level difference can cross an FP8 "
+               "rounding step, which the trajectory carries on (see tests/test_parallel.py).")
+
+
+def _write(name: str, payload: dict, table: str, command: str, note: str = TIMING_NOTE) -> None:
     os.makedirs(RESULTS, exist_ok=True)
-    payload = {"machine": machine(), "command": command, **payload}
+    payload = {"machine": machine(), "command": command, "note": note, **payload}
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
         json.dump(payload, f, indent=2, default=str)
-    note = ("CPU timings of gloo over loopback on a shared 2-core machine do not predict NVLink speed-ups: they show "
-            "that each technique runs under context parallelism, what it sends and the memory per rank.")
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write(f"# {name}\n\n`{command}` — {payload['machine']['date']}, {payload['machine']['cpu']} "
                 f"({payload['machine']['cpu_count']} cores), torch {payload['machine']['torch']}\n\n{note}\n\n"
@@ -376,7 +382,7 @@ def main() -> None:
                  "technique's own effect": v["technique_effect"]} for key, per in result.items()
                 for name, v in per.items()]
         table = print_table(rows, ["family / mode", "technique", "rel. max diff", "technique's own effect"])
-        _write("parallel_matrix", {"matrix": result}, table, command)
+        _write("parallel_matrix", {"matrix": result}, table, command, MATRIX_NOTE)
     elif args.gpu:
         result = gpu_mode(args)
         if result is not None:

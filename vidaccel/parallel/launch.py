@@ -145,7 +145,10 @@ class _Watchdog(threading.Thread):
         while not self.stopped.wait(_POLL_S):
             try:
                 failed = self.store.check([_FAILED_KEY])
-            except Exception:  # noqa: BLE001 - the store's host (rank 0) is gone while this rank still runs
+            except Exception:  # noqa: BLE001 - the store's host (rank 0) is gone
+                # rank 0 may just have finished a moment before this rank leaves the guarded block
+                if self.stopped.wait(2.0):
+                    return
                 failed = True
             if failed and not self.failing and not self.stopped.is_set():
                 logger.info("another rank failed; ending this one")
