@@ -100,9 +100,10 @@ def test_the_import_walk_finds_a_planted_cycle(tmp_path):
 
 
 def test_layers_import_one_way():
-    """families → core → techniques / kernels → api → pipelines → cli: no module imports a later layer."""
+    """families → core → techniques / kernels → api → parallel → pipelines → cli: no module imports a later
+    layer."""
     order = ["vidaccel.kernels", "vidaccel.families", "vidaccel.core", "vidaccel.accel", "vidaccel.api",
-             "vidaccel.pipelines", "vidaccel.cli"]
+             "vidaccel.parallel", "vidaccel.pipelines", "vidaccel.cli"]
     modules = _modules()
 
     def layer(name):

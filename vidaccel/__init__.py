@@ -11,7 +11,8 @@ Everything loads on first use: ``import vidaccel`` imports neither diffusers nor
 
 Layers, each importing only the ones before it: :mod:`vidaccel.families` (model facts) →
 :mod:`vidaccel.core` (technique registry, processors, presets) → :mod:`vidaccel.accel` (techniques) and
-:mod:`vidaccel.kernels` → :mod:`vidaccel.api` → :mod:`vidaccel.pipelines` → :mod:`vidaccel.cli`.
+:mod:`vidaccel.kernels` → :mod:`vidaccel.api` → :mod:`vidaccel.parallel` (several GPUs) →
+:mod:`vidaccel.pipelines` → :mod:`vidaccel.cli`.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ _LAZY = {
     "applied": "vidaccel.api",
     "finish_run": "vidaccel.api",
     "load_pipeline": "vidaccel.loading",
+    "ParallelConfig": "vidaccel.parallel",
     "available_presets": "vidaccel.accel",
     "register_preset": "vidaccel.accel",
     "FAMILIES": "vidaccel.families",
     "ModelFamily": "vidaccel.families",
     "family_for": "vidaccel.families",
 }
-_SUBMODULES = ("accel", "api", "bench", "core", "eval", "families", "kernels", "metrics", "models", "pipelines",
-               "testing", "video")
+_SUBMODULES = ("accel", "api", "bench", "core", "eval", "families", "kernels", "metrics", "models", "parallel",
+               "pipelines", "testing", "video")
 
 __all__ = ["__version__", *_LAZY]
 

@@ -90,7 +90,7 @@ def _embedded_pipeline(dtype):
 
 
 def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, device: Any = None, accel: Any = None,
-                  **kwargs):
+                  parallel: Any = None, **kwargs):
     """Load a Wan or CogVideoX pipeline as its vidaccel class, move it to ``device`` and apply ``accel``.
 
     Args:
@@ -100,6 +100,9 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
         dtype: ``None`` (the checkpoint's default), a ``torch.dtype`` or a name (``"bf16"``...).
         device: ``None`` (CUDA when available, else CPU) or any torch device spec.
         accel: ``None``, a preset name, a technique config or a list of those (see :func:`vidaccel.apply`).
+        parallel: ``None`` (one process), or a :class:`vidaccel.parallel.ParallelConfig` (a dict of its fields,
+            or an int: the Ulysses degree) to spread every transformer call over the processes ``torchrun``
+            started (one per GPU; this joins their group, and ``device=None`` means this process's GPU).
         **kwargs: passed to diffusers ``from_pretrained``.
 
     Returns:
@@ -113,9 +116,11 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
     from .api import apply
     from .core.pipeline_class import accelerated_class_for
 
+    from .parallel.config import as_parallel_config
+
     name = check_path("", "model", model)
     dtype = parse_dtype(dtype)
-    dev = _parse_device(device)
+    parallel = as_parallel_config(parallel)
     try:
         configs = resolve_accel(accel)
     except ValueError as e:
@@ -131,6 +136,11 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
     if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "model_index.json")):
         raise ValueError(f"model={shown(name)} is not allowed: the folder has no model_index.json (not a diffusers "
                          "pipeline folder)")
+    if parallel is not None:
+        from .parallel.launch import init_distributed
+
+        init_distributed()  # before the device: it pins this process to its GPU
+    dev = _parse_device(device)
     if name in EMBEDDED_NAMES:
         pipe = _embedded_pipeline(dtype)
     else:
@@ -145,4 +155,8 @@ def load_pipeline(model: str | os.PathLike = "embedded", *, dtype: Any = None, d
     pipe = pipe.to(dev)
     if configs:
         apply(pipe, *configs)
+    if parallel is not None:
+        from .parallel.model import enable_parallelism
+
+        enable_parallelism(pipe, parallel)
     return pipe

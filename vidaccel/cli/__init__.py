@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except CliError as e:
-        print(say(f"error: {e}"), file=sys.stderr)
+        from ..parallel.launch import reports_error
+
+        if reports_error(e):  # argument errors under torchrun: once, not once per rank
+            print(say(f"error: {e}"), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,6 +7,12 @@ back, so removal is exact.
 diffusers' ``Attention.forward`` (CogVideoX) drops every keyword argument that is not a parameter of the
 processor's ``__call__`` (``image_rotary_emb`` among them), so a wrapper must expose the signature of the
 processor it wraps; :func:`wrap_processor` builds the wrapper class with that signature.
+
+Under context parallelism (``transformer.enable_parallelism``) diffusers sets ``_parallel_config`` (and reads
+``_attention_backend``) on each attention processor; a wrapper forwards both to the processor it wraps, so the
+original processor, which still computes whatever the wrapper hands back to it, runs its parallel attention.
+:class:`DispatchProcessor` computes a self-attention through diffusers' dispatcher for models whose own processor
+does not (CogVideoX).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 
 from ..families import ModelFamily
 
-__all__ = ["ProcessorWrapper", "wrap_processor", "ProcessorSwap"]
+__all__ = ["ProcessorWrapper", "wrap_processor", "ProcessorSwap", "DispatchProcessor"]
 
 
 class ProcessorWrapper:
@@ -29,6 +35,12 @@ class ProcessorWrapper:
         inner: the processor being wrapped.
         layer: index of the block whose attention this is.
     """
+
+    #: Attention-backend settings pass through this processor to ``inner`` (see :func:`innermost`).
+    forwards_attention = True
+    #: Correct under context parallelism (a subclass that computes attention itself without diffusers'
+    #: dispatcher over this rank's tokens only sets it False; ``enable_parallelism`` then refuses).
+    context_parallel = True
 
     def __init__(self, inner, layer: int):
         self.inner = inner
@@ -40,6 +52,30 @@ class ProcessorWrapper:
     def bind(self, attn, *args, **kwargs) -> dict:
         """This call's arguments by name, as the wrapped processor's ``__call__`` would receive them."""
         return _signature(type(self.inner)).bind(self.inner, attn, *args, **kwargs).arguments
+
+    # diffusers' context parallelism reads / sets these two on every attention processor: forward them to the
+    # wrapped processor (a wrapper of a processor without them keeps its own).
+    @property
+    def _parallel_config(self):
+        if hasattr(self.inner, "_parallel_config"):
+            return self.inner._parallel_config
+        return self.__dict__.get("_own_parallel_config")
+
+    @_parallel_config.setter
+    def _parallel_config(self, value):
+        if hasattr(self.inner, "_parallel_config"):
+            self.inner._parallel_config = value
+        else:
+            self.__dict__["_own_parallel_config"] = value
+
+    @property
+    def _attention_backend(self):
+        return getattr(self.inner, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value):
+        if hasattr(self.inner, "_attention_backend"):
+            self.inner._attention_backend = value
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +128,61 @@ class ProcessorSwap:
     def detach(self) -> None:
         blocks = self.family.blocks(self.model)
         for i, original in self.originals.items():
-            getattr(blocks[i], self.family.self_attn_attr).set_processor(original)
+            # the wrapper's inner is the original unless context parallelism put a dispatching processor there
+            restored = getattr(self.installed.get(i), "inner", original)
+            getattr(blocks[i], self.family.self_attn_attr).set_processor(restored)
         self.originals.clear()
         self.installed.clear()
+
+
+class DispatchProcessor(ProcessorWrapper):
+    """A self-attention computed from the family's q/k/v through diffusers' dispatcher, so that context
+    parallelism and per-processor backends apply; other calls (cross-attention, masks) go to the wrapped processor.
+
+    Numerically the model's own processor: the family computes q/k/v, norms and RoPE exactly as it does, and
+    diffusers' ``native`` backend is the same ``scaled_dot_product_attention`` call.
+
+    Args:
+        inner: the model's processor.
+        layer: block index.
+        family: the model family.
+    """
+
+    forwards_attention = False
+
+    def __init__(self, inner, layer: int, family: ModelFamily):
+        super().__init__(inner, layer)
+        self.family = family
+        self.__dict__["_own_backend"] = None
+        self.__dict__["_own_parallel_config"] = None
+
+    @property
+    def _parallel_config(self):
+        return self.__dict__["_own_parallel_config"]
+
+    @_parallel_config.setter
+    def _parallel_config(self, value):
+        self.__dict__["_own_parallel_config"] = value
+
+    @property
+    def _attention_backend(self):
+        return self.__dict__["_own_backend"]
+
+    @_attention_backend.setter
+    def _attention_backend(self, value):
+        self.__dict__["_own_backend"] = value
+
+    def __call__(self, attn, *args, **kwargs):
+        call = self.bind(attn, *args, **kwargs)
+        inputs = self.family.self_attention_inputs(attn, call) if call.get("attention_mask") is None else None
+        if inputs is None:
+            if self._parallel_config is not None:
+                raise ValueError(f"layer {self.layer}: {type(self.inner).__name__} cannot run this call (a mask or "
+                                 "cross-attention) under context parallelism")
+            return self.inner(attn, *args, **kwargs)
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        q, k = inputs.rotated()
+        out = dispatch_attention_fn(q, k, inputs.v, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        return self.family.attention_output(attn, out, inputs)

@@ -207,6 +207,12 @@ class ModelFamily:
         """The timestep-modulated input of ``block``'s self-attention (what TeaCache-style indicators watch)."""
         raise NotImplementedError
 
+    # -- context parallelism -----------------------------------------------------------------------------
+    def cp_plan(self, model: nn.Module) -> dict | None:
+        """diffusers' context-parallel plan for ``model`` (which inputs each rank splits along the token sequence,
+        which output is gathered back), or ``None`` when the family has none: the model's own ``_cp_plan``."""
+        return getattr(model, "_cp_plan", None)
+
     # -- long video -----------------------------------------------------------------------------------
     def rope_table(self, model: nn.Module, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE ``(cos, sin)`` per latent frame position ``0..frames-1`` of a ``height×width`` latent, each

@@ -54,6 +54,23 @@ class CogVideoXFamily(ModelFamily):
     def modulated_input(self, block, hidden_states, encoder_hidden_states, temb) -> torch.Tensor:
         return block.norm1(hidden_states, encoder_hidden_states, temb)[0]
 
+    def cp_plan(self, model: nn.Module) -> dict:
+        """diffusers 0.42 ships no plan for CogVideoX: each rank takes an equal slice of the text tokens *and* of
+        the video tokens at the first block (both are carried through every block; self-attention then sees
+        ``[text_r; video_r]`` per rank, a permutation of ``[text; video]`` that unmasked attention does not
+        notice), every block takes the same slice of the video tokens' RoPE tables (the model passes the whole
+        tables to each block), and the output projection is gathered. Text and video token counts must each
+        divide by the number of ranks."""
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+        rope = ContextParallelInput(split_dim=0, expected_dims=2, split_output=False)
+        tokens = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+        return {
+            "transformer_blocks.0": {"hidden_states": tokens, "encoder_hidden_states": tokens},
+            "transformer_blocks.*": {"image_rotary_emb": [rope, rope]},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+
 
 COGVIDEOX = CogVideoXFamily(
     name="cogvideox",

@@ -20,7 +20,8 @@ class DropInPipelineMixin(AcceleratedPipelineMixin):
     """Mixed in front of a diffusers pipeline class to make a drop-in vidaccel pipeline class."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, accel: Any = None, quantized=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, accel: Any = None, quantized=None,
+                        parallel: Any = None, **kwargs):
         """``diffusers`` ``from_pretrained``, then :func:`vidaccel.apply` of ``accel``.
 
         Args:
@@ -28,8 +29,14 @@ class DropInPipelineMixin(AcceleratedPipelineMixin):
             quantized: a folder or hub id holding :func:`vidaccel.save_quantized` files or a diffusers + torchao
                 checkpoint (``transformer/config.json`` + safetensors); its transformers are built straight from the
                 quantized tensors on vidaccel's kernels (no bf16 transformer weights are ever materialised).
+            parallel: a :class:`vidaccel.parallel.ParallelConfig` (or a dict of its fields, or the Ulysses
+                degree): context parallelism over the processes ``torchrun`` started (joins their group; move
+                the pipeline to ``"cuda"``, this process's GPU, afterwards).
         """
+        from ..parallel.config import as_parallel_config
+
         configs = resolve_accel(accel)  # validate before the (slow) load
+        parallel = as_parallel_config(parallel)
         if quantized is not None:
             from ..accel.quantization.torchao_format import load_quantized_checkpoint, quantized_roles
 
@@ -46,6 +53,12 @@ class DropInPipelineMixin(AcceleratedPipelineMixin):
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if configs:
             api.apply(pipe, *configs)
+        if parallel is not None:
+            from ..parallel.launch import init_distributed
+            from ..parallel.model import enable_parallelism
+
+            init_distributed()
+            enable_parallelism(pipe, parallel)
         return pipe
 
 

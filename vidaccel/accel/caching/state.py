@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import CacheContext, StateManager
 
+from ...core.context_parallel import all_reduce_sum
+
 __all__ = ["History", "BranchState", "ContextStates", "rel_l1", "sub_all", "add_all", "same_shapes"]
 
 _DEFAULT_CONTEXT = "default"
@@ -93,9 +95,23 @@ class ContextStates(StateManager):
         return self._context if self._context is not None else CacheContext(_DEFAULT_CONTEXT)
 
 
-def rel_l1(new: tuple, old: tuple) -> float:
-    num = sum((a.float() - b.float()).abs().mean() for a, b in zip(new, old))
-    den = sum(b.float().abs().mean() for b in old)
+def rel_l1(new: tuple, old: tuple, group=None) -> float:
+    """``Σ mean|new - old| / Σ mean|old|`` over the tensors of ``new`` / ``old``.
+
+    With ``group`` (the ranks sharing a sequence under context parallelism, each holding a slice of every
+    tensor) the sums and element counts are added over the ranks first: every rank gets the same value, the
+    one a single process computes on the whole tensors (up to summation order), and so takes the same decision.
+    """
+    if group is None:
+        num = sum((a.float() - b.float()).abs().mean() for a, b in zip(new, old))
+        den = sum(b.float().abs().mean() for b in old)
+        return float(num / (den + 1e-12))
+    rows = [torch.stack([(a.float() - b.float()).abs().sum().double(), b.float().abs().sum().double(),
+                         torch.tensor(float(b.numel()), dtype=torch.float64, device=b.device)])
+            for a, b in zip(new, old)]
+    sums = all_reduce_sum(torch.stack(rows), group).cpu()
+    num = sum(float(r[0] / r[2]) for r in sums)
+    den = sum(float(r[1] / r[2]) for r in sums)
     return float(num / (den + 1e-12))
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ...core.context_parallel import cp_group, keep_split_hooks_outermost
 from ...core.technique import Technique, register_technique
 from .config import CacheConfig, RunSettings, run_settings
 from .state import BranchState, ContextStates, History, add_all, rel_l1, same_shapes, sub_all
@@ -35,8 +36,7 @@ class _ControllerHook(ModelHook):
     def pre_forward(self, module, *args, **kwargs):
         if self.technique.bypass:  # inside bypass_cache: no state, no decision, no record
             return args, kwargs
-        pos = self.technique.timestep_position
-        self.technique.begin_call(self.states, kwargs.get("timestep", args[pos] if len(args) > pos else None))
+        self.technique.begin_call(self.states, self.technique.call_timestep)
         return args, kwargs
 
     def new_forward(self, module, *args, **kwargs):
@@ -141,10 +141,16 @@ class CacheTechnique(Technique):
         self.current: BranchState | None = None
         self._controller = _ControllerHook(self)
         HookRegistry.check_if_exists_or_initialize(self.model).register_hook(self._controller, _CONTROLLER_HOOK)
+        # the timestep as the caller passed it: a torch pre-hook runs before every diffusers hook, so it sees
+        # Wan 2.2 TI2V's per-token timestep whole even where context parallelism splits it
+        self.call_timestep = None
+        self._timestep_handle = self.model.register_forward_pre_hook(self._capture_timestep, with_kwargs=True)
         for i, block in enumerate(blocks if not self.whole_call else ()):  # "call" skips whole calls
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
                 _BlockHook(self, i, carry_positions), _BLOCK_HOOK
             )
+            # under context parallelism the block hooks work on this rank's shard: inside diffusers' split
+            keep_split_hooks_outermost(block)
         self._warned_steps = False
         self.bypass = False
         self.cfg_active = cfg.cfg_interval > 0 and self.family.cfg_style == "sequential"
@@ -154,7 +160,16 @@ class CacheTechnique(Technique):
                            cfg.cfg_interval, type(self.model).__name__, self.family.cfg_style)
         self.reset()
 
+    def _capture_timestep(self, module, args, kwargs):
+        pos = self.timestep_position
+        self.call_timestep = kwargs.get("timestep", args[pos] if len(args) > pos else None)
+
+    def _group(self):
+        """Ranks sharing this model's sequence (context parallelism): every indicator is summed over them."""
+        return cp_group(self.model)
+
     def detach(self) -> None:
+        self._timestep_handle.remove()
         HookRegistry.check_if_exists_or_initialize(self.model).remove_hook(_CONTROLLER_HOOK, recurse=False)
         for block in self.family.blocks(self.model) if not self.whole_call else ():
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
@@ -261,7 +276,7 @@ class CacheTechnique(Technique):
             self._choose_cached_blocks(state)
         ready = state.stack.ready() if not self.per_block else bool(state.cached_blocks)
         if same_shapes(state.ref_front, front_res) and ready:
-            state.indicator = rel_l1(front_res, state.ref_front)
+            state.indicator = rel_l1(front_res, state.ref_front, self._group())
             state.skip = not self._guarded(state) and state.indicator < self.config.threshold
         if not state.skip and self._cfg_reusable(state):
             state.skip = state.cfg_reuse = True
@@ -278,7 +293,7 @@ class CacheTechnique(Technique):
             mod = self.family.modulated_input(block, params["hidden_states"], params["encoder_hidden_states"],
                                             params["temb"])
         if state.prev_mod is not None and state.prev_mod.shape == mod.shape:
-            d_in = rel_l1((mod,), (state.prev_mod,))
+            d_in = rel_l1((mod,), (state.prev_mod,), self._group())
             state.acc += d_in
             if state.ratio is not None and state.stack.ready():
                 state.indicator = state.ratio * state.acc
@@ -308,7 +323,7 @@ class CacheTechnique(Technique):
         self._count_all(computed=True)
         if len(state.stack.items) > cfg.forecast_order and same_shapes(state.stack.items[-1][1], (sample,)):
             k = state.step - state.stack.items[-1][0]
-            state.indicator = rel_l1(state.stack.predict(state.step), (sample,))
+            state.indicator = rel_l1(state.stack.predict(state.step), (sample,), self._group())
             power = cfg.forecast_order + 1
             rate = state.indicator / max(k, 1) ** power
             gap = 1
@@ -347,7 +362,7 @@ class CacheTechnique(Technique):
         residual = sub_all(out, inp)
         if self.config.policy == "step" and state.stack_out_ref is not None and state.acc > 0 \
                 and same_shapes(state.stack_out_ref, residual):
-            observed = rel_l1(residual, state.stack_out_ref) / state.acc
+            observed = rel_l1(residual, state.stack_out_ref, self._group()) / state.acc
             state.ratio = observed if state.ratio is None else 0.5 * (state.ratio + observed)
         state.stack_out_ref = residual
         state.stack.push(state.step, out if self._forecasts() else residual)
@@ -370,7 +385,7 @@ class CacheTechnique(Technique):
         history = state.blocks.setdefault(i, History(self.config.forecast_order + 1))
         if state.cached_blocks is None:  # profiling: how much does this block's residual move per call?
             if state.block_last.get(i) is not None and same_shapes(state.block_last[i], residual):
-                state.block_change.setdefault(i, []).append(rel_l1(residual, state.block_last[i]))
+                state.block_change.setdefault(i, []).append(rel_l1(residual, state.block_last[i], self._group()))
             state.block_last[i] = residual
         if state.cached_blocks is None or i in state.cached_blocks:
             history.push(state.step, out if self._forecasts() else residual)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ...core.attention_backend import dispatch
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
 from ...kernels.linear_attention import FIXED_FEATURE_MAPS, HedgehogFeatureMap, linear_attention_features
 from .adapter import load_adapter_tensors
+from .backend import LINEAR_BACKEND, LinearParams
 from .config import LinearAttentionConfig
 from .selection import cached_ranking
 
@@ -36,6 +39,14 @@ class _LinearProcessor(ProcessorWrapper):
         if inputs is None:
             tech.fallback_calls += 1  # masked or cross-attention: not what this technique replaces
             return self.inner(attn, *args, **kwargs)
+        parallel = self._parallel_config
+        if parallel is not None:
+            if tech.mode == "distill":
+                raise ValueError("linearize (distillation) does not run under context parallelism; distil on one "
+                                 "process and load the adapter on every rank")
+            out = tech.attend_parallel(self.layer, inputs.q, inputs.k, inputs.v, inputs.rotary, parallel)
+            tech.linear_calls += 1
+            return tech.family.attention_output(attn, out, inputs)
         teacher = None
         if tech.mode == "distill":
             with torch.no_grad():
@@ -156,6 +167,25 @@ class LinearAttentionTechnique(Technique):
         # RoPE in the numerator only: rotated features there, the plain non-negative ones in the denominator
         return linear_attention_features(rotary(fq, torch.float32), rotary(fk, torch.float32), v, q_den=fq, k_den=fk,
                                          backend=self.config.backend, eps=self.config.eps)
+
+    def attend_parallel(self, layer: int, q, k, v, rotary, parallel):
+        """:meth:`attend` for this rank's tokens under context parallelism, through ``vidaccel_linear``."""
+        fm = self.feature_fn(layer)
+        if isinstance(fm, nn.Module) and fm.weight.device != q.device:
+            fm.to(q.device)
+        fq, fk = fm(q), fm(k)
+        rotated = rotary is not None and self.config.rope != "none"
+        if rotated:
+            fq = torch.cat([rotary(fq, torch.float32), fq], dim=-1)
+            fk = torch.cat([rotary(fk, torch.float32), fk], dim=-1)
+        head_dim = v.shape[-1]
+        value = v.float()
+        if parallel.context_parallel_config.ulysses_degree > 1 and fq.shape[-1] > head_dim:
+            value = F.pad(value, (0, fq.shape[-1] - head_dim))
+        params = LinearParams(fq.shape[-1] // (2 if rotated else 1), head_dim, rotated, self.config.eps,
+                              self.config.backend)
+        out = dispatch(fq, fk, value, backend=LINEAR_BACKEND, parallel_config=parallel, params=params)
+        return out[..., :head_dim].to(v.dtype)
 
     def record_loss(self, layer: int, student, teacher) -> None:
         s = student if isinstance(student, tuple) else (student,)

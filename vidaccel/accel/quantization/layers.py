@@ -7,6 +7,7 @@ import re
 import torch
 from torch import nn
 
+from ...core.context_parallel import move_hooks
 from ...families import ModelFamily, family_for
 from ...kernels.nvfp4 import naive as nvfp4_naive
 from .config import QuantConfig
@@ -101,8 +102,8 @@ def quantize_linears(module: nn.Module, config: QuantConfig, formats: dict[str, 
         out[name] = build_quantized(linear, fmt, config, name)
         out[name].set_original(linear)
     for name, qmodule in out.items():
+        set_child(module, name, qmodule)
         parent, child = locate(module, name)
-        setattr(parent, child, qmodule)
         if child == "base_layer":  # a LoRA (peft) wrapper: its own layer class knows a quantized base
             from .lora import adopt_wrapper
 
@@ -111,7 +112,10 @@ def quantize_linears(module: nn.Module, config: QuantConfig, formats: dict[str, 
 
 
 def set_child(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name``; diffusers hooks of the module it replaces move to it (the output projection
+    carries context parallelism's gather)."""
     parent, child = locate(model, name)
+    move_hooks(getattr(parent, child), module)
     setattr(parent, child, module)
 
 

@@ -7,6 +7,7 @@ import math
 
 from torch import nn
 
+from ...core.context_parallel import move_hooks
 from ...core.technique import Technique, register_technique
 from .calibration import Calibrator, plan_from_volatility
 from .config import QuantConfig
@@ -165,6 +166,7 @@ class QuantTechnique(Technique):
                 linear.to(dtype)
             qmodule.set_original(None)
             parent, attr = where[id(qmodule)]
+            move_hooks(qmodule, linear)  # context parallelism's hooks go back with the layer
             setattr(parent, attr, linear)
             release_wrapper(parent)
         self.originals.clear()

@@ -9,10 +9,12 @@ import math
 
 import torch
 
+from ...core.attention_backend import dispatch
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
 from ...kernels.attention import default_tile, sliding_tile_attention, sliding_tile_density
 from ...kernels.attention.naive import window_in_tiles
+from .backend import STA_BACKEND, StaParams
 from .config import SlidingWindowConfig
 
 logger = logging.getLogger(__name__)
@@ -46,9 +48,17 @@ class _WindowedProcessor(ProcessorWrapper):
         if inputs is None:
             tech.count(None, 0)
             return self.inner(attn, *args, **kwargs)
-        tech.count(inputs.q.shape[1] - inputs.text_len, inputs.text_len)
+        parallel = self._parallel_config
+        # under context parallelism this rank holds 1/world of the tokens (text and video alike)
+        world = 1 if parallel is None else (parallel.context_parallel_config.ring_degree
+                                            * parallel.context_parallel_config.ulysses_degree)
+        tech.count((inputs.q.shape[1] - inputs.text_len) * world, inputs.text_len * world)
         q, k = inputs.rotated()
-        out = tech.attend(q, k, inputs.v, inputs.text_len)
+        if parallel is None:
+            out = tech.attend(q, k, inputs.v, inputs.text_len)
+        else:
+            out = dispatch(q, k, inputs.v, backend=STA_BACKEND, parallel_config=parallel,
+                           params=tech.backend_params(inputs.text_len * world))
         return tech.family.attention_output(attn, out, inputs)
 
 
@@ -206,6 +216,11 @@ class SlidingWindowTechnique(Technique):
         self.sparse_calls += 1
         self.pairs_computed += density
         self.pairs_total += 1.0
+
+    def backend_params(self, num_text_tokens: int) -> StaParams:
+        """The ``vidaccel_sta`` parameters of this call (whole-sequence geometry)."""
+        return StaParams(self.grid, self.config.window, tuple(min(t, g) for t, g in zip(self.tile, self.grid)),
+                         num_text_tokens, self.config.backend)
 
     def attend(self, q, k, v, num_text_tokens: int):
         return sliding_tile_attention(q, k, v, grid=self.grid, window=self.config.window, tile=self.tile,

@@ -3,6 +3,8 @@
 * :func:`flash_attention` (``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]``; optionally with its log-sum-exp,
   which :func:`merge_attention` uses to combine attentions over disjoint key sets);
 * :func:`sliding_tile_attention` over a ``(T, H, W)`` token grid with an optional global text prefix;
+* :func:`sliding_tile_attention_at`: the same for queries and keys at given positions of the sequence, with
+  the log-sum-exp (one ring-attention step under context parallelism);
 * ``naive.py`` is the spec, ``triton_kernel.py`` the block-sparse Triton kernel, ``layout.py`` the tile
   reordering and per-tile key lists, ``wrapper.py`` validation and backends.
 """
@@ -17,6 +19,7 @@ from .wrapper import (
     merge_attention,
     resolve_backend,
     sliding_tile_attention,
+    sliding_tile_attention_at,
 )
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "merge_attention",
     "resolve_backend",
     "sliding_tile_attention",
+    "sliding_tile_attention_at",
     "sliding_tile_density",
     "sliding_tile_mask",
     "tile_plan",

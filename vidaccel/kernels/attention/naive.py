@@ -25,7 +25,10 @@ __all__ = [
     "sliding_tile_mask",
     "sliding_tile_density",
     "attention_naive",
+    "attention_lse_naive",
     "sliding_tile_attention_naive",
+    "sliding_tile_mask_at",
+    "attention_lse_masked_naive",
 ]
 
 
@@ -108,3 +111,41 @@ def sliding_tile_attention_naive(q, k, v, *, grid, window, tile, num_text_tokens
     """Sliding-tile attention by a dense mask (see module docs). ``q, k, v: [B, L, H, D]``."""
     mask = sliding_tile_mask(grid, window, tile, num_text_tokens, device=q.device)
     return attention_naive(q, k, v, mask)
+
+
+def window_factors(positions: torch.Tensor, grid, window, tile, num_text_tokens: int = 0):
+    """Per sequence position: is it text, its tile index per dimension, and (as a query) the first tile of its
+    window per dimension. ``positions`` index the sequence ``[text | video frame-major]``."""
+    T, H, W = grid
+    video = positions - num_text_tokens
+    is_text = video < 0
+    video = video.clamp(min=0)
+    coords = (video // (H * W), (video // W) % H, video % W)
+    w_tiles = window_in_tiles(grid, window, tile)
+    tiles = [c // t for c, t in zip(coords, tile)]
+    starts = [window_starts(ti, math.ceil(g / t), w) for ti, g, t, w in zip(tiles, grid, tile, w_tiles)]
+    return is_text, tiles, starts, w_tiles
+
+
+def sliding_tile_mask_at(q_positions: torch.Tensor, k_positions: torch.Tensor, grid, window, tile,
+                         num_text_tokens: int = 0) -> torch.Tensor:
+    """The rows ``q_positions`` and columns ``k_positions`` of :func:`sliding_tile_mask`, ``[Lq, Lk]`` bool,
+    without building the full mask."""
+    q_text, _, q_starts, w_tiles = window_factors(q_positions, grid, window, tile, num_text_tokens)
+    k_text, k_tiles, _, _ = window_factors(k_positions, grid, window, tile, num_text_tokens)
+    keep = q_text[:, None] | k_text[None, :]
+    video = torch.ones_like(keep)
+    for start, kt, w in zip(q_starts, k_tiles, w_tiles):
+        video &= (kt[None, :] >= start[:, None]) & (kt[None, :] < start[:, None] + w)
+    return keep | video
+
+
+def attention_lse_masked_naive(q, k, v, mask: torch.Tensor, scale: float | None = None):
+    """Masked softmax attention and its log-sum-exp (``[B, Lq, H, D]`` in ``q``'s dtype, ``[B, H, Lq]`` fp32);
+    ``mask: [Lq, Lk]`` bool. A row whose mask is all false gets output 0 and log-sum-exp ``-inf``."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
+    return torch.einsum("bhqk,bkhd->bqhd", p, v.float()).to(q.dtype), lse

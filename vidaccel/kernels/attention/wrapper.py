@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from .. import backend_names
 from .._backend import triton_available
 from .layout import CUDA_ALIGN, DEFAULT_TILE, TilePlan, default_tile, tile_plan
-from .naive import attention_lse_naive, sliding_tile_mask
+from .naive import (attention_lse_masked_naive, attention_lse_naive, sliding_tile_mask, sliding_tile_mask_at,
+                    window_factors)
 
 __all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "dense_backend", "resolve_backend", "sliding_tile_attention",
-           "flash_attention"]
+           "flash_attention", "sliding_tile_attention_at"]
 
 BACKENDS = backend_names.ATTENTION
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -300,3 +301,86 @@ def sliding_tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if backend == "flex":
         return _flex_sparse(q, k, v, plan)
     return _gather_sparse(q, k, v, plan)
+
+
+def _positions(name: str, x, length: int, total: int, device) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.shape[0] != length or x.dtype != torch.long:
+        raise ValueError(f"{name} must be a 1-D int64 tensor of {length} positions, got "
+                         f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+    if length and (int(x.min()) < 0 or int(x.max()) >= total):
+        raise ValueError(f"{name} must lie in [0, {total}) (text + T*H*W tokens)")
+    return x.to(device)
+
+
+def sliding_tile_attention_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_positions: torch.Tensor,
+                              k_positions: torch.Tensor, grid, window, tile=None, num_text_tokens: int = 0,
+                              backend: str = "auto", row_budget: int = 1 << 24):
+    """Sliding-tile attention of queries at ``q_positions`` of the full sequence over the keys at
+    ``k_positions``, with the log-sum-exp: one step of ring attention, where a rank holds a slice of the queries
+    and sees the keys one slice at a time.
+
+    Args:
+        q: ``[B, Lq, H, D]``; k, v: ``[B, Lk, H, D]``.
+        q_positions, k_positions: int64 ``[Lq]`` / ``[Lk]``, indices into the full sequence
+            ``[text (num_text_tokens) | video (T*H*W, frame-major)]`` that :func:`sliding_tile_attention` takes.
+        grid, window, tile, num_text_tokens: as :func:`sliding_tile_attention`.
+        backend: ``"flex"`` (flex_attention with a block mask computed from the positions: compiled on a GPU,
+            eager elsewhere), ``"torch"`` (the masked fp32 reference, ``row_budget`` score elements at a time);
+            ``"auto"``, ``"triton"`` and ``"gather"`` mean ``"flex"`` on a CUDA device and ``"torch"`` elsewhere.
+
+    Returns:
+        ``([B, Lq, H, D]`` in ``q``'s dtype, log-sum-exp ``[B, H, Lq]`` fp32). A query row that sees none of the
+        keys gets output 0 and log-sum-exp ``-inf``. Scale ``1/sqrt(D)``.
+    """
+    _check_qkv(q, k, v, same_length=False)
+    grid = _triple("grid", grid)
+    window = _triple("window", window)
+    tile = default_tile(grid) if tile is None else tuple(min(t, g) for t, g in zip(_triple("tile", tile), grid))
+    if not isinstance(num_text_tokens, int) or num_text_tokens < 0:
+        raise ValueError(f"num_text_tokens={num_text_tokens!r} is not allowed: it must be an int >= 0")
+    total = num_text_tokens + math.prod(grid)
+    qp = _positions("q_positions", q_positions, q.shape[1], total, q.device)
+    kp = _positions("k_positions", k_positions, k.shape[1], total, q.device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    if backend != "torch":
+        backend = "flex" if backend == "flex" or q.device.type == "cuda" else "torch"
+    if backend == "flex":
+        return _flex_at(q, k, v, qp, kp, grid, window, tile, num_text_tokens)
+    B, Lq, H, D = q.shape
+    rows = max(1, row_budget // max(1, B * H * k.shape[1]))
+    outs, lses = [], []
+    for r0 in range(0, Lq, rows):
+        mask = sliding_tile_mask_at(qp[r0:r0 + rows], kp, grid, window, tile, num_text_tokens)
+        o, l = attention_lse_masked_naive(q[:, r0:r0 + rows], k, v, mask)
+        outs.append(o)
+        lses.append(l)
+    return torch.cat(outs, 1), torch.cat(lses, 2)
+
+
+def _flex_at(q, k, v, qp, kp, grid, window, tile, num_text_tokens):
+    from torch.nn.attention import flex_attention as fa
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q_text, _, q_starts, w_tiles = window_factors(qp, grid, window, tile, num_text_tokens)
+    k_text, k_tiles, _, _ = window_factors(kp, grid, window, tile, num_text_tokens)
+    (s0, s1, s2), (t0, t1, t2), (w0, w1, w2) = q_starts, k_tiles, w_tiles
+
+    def mask_mod(b, h, qi, ki):
+        video = ((t0[ki] >= s0[qi]) & (t0[ki] < s0[qi] + w0) & (t1[ki] >= s1[qi]) & (t1[ki] < s1[qi] + w1)
+                 & (t2[ki] >= s2[qi]) & (t2[ki] < s2[qi] + w2))
+        return q_text[qi] | k_text[ki] | video
+
+    block_mask = create_block_mask(mask_mod, None, None, q.shape[1], k.shape[1], device=q.device)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    run = _compiled_flex() if q.device.type == "cuda" or FLEX_COMPILE_ON_CPU else fa.flex_attention
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        if hasattr(fa, "AuxRequest"):  # torch >= 2.9
+            out, aux = run(qt, kt, vt, block_mask=block_mask, return_aux=fa.AuxRequest(lse=True))
+            lse = aux.lse
+        else:
+            out, lse = run(qt, kt, vt, block_mask=block_mask, return_lse=True)
+    lse = lse.float()
+    out = out.transpose(1, 2).masked_fill(torch.isinf(lse).transpose(1, 2).unsqueeze(-1), 0.0)
+    return out, lse

@@ -87,7 +87,7 @@ def _torch_features(qn, kn, v, qd, kd, causal, chunk, eps):
 def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                               chunk: int | None = None, q_den: torch.Tensor | None = None,
                               k_den: torch.Tensor | None = None, backend: str = "auto",
-                              eps: float = 1e-6) -> torch.Tensor:
+                              eps: float = 1e-6, return_lse: bool = False):
     """Linear attention on feature-mapped queries and keys (see :mod:`.naive` for the formula).
 
     Args:
@@ -98,9 +98,13 @@ def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q_den, k_den: non-negative denominator features (default ``q``, ``k``).
         backend: ``"auto"``, ``"triton"`` or ``"torch"``.
         eps: added to the denominator.
+        return_lse: also return ``log(denominator + eps)``, ``[B, L, H]`` fp32 (bidirectional only). It plays
+            the part of softmax attention's log-sum-exp: the results over disjoint key sets ``(o_i, l_i)`` merge
+            exactly into ``Σ exp(l_i) o_i / Σ exp(l_i)``, the result over their union (with ``eps`` split
+            between the sets), which is how ring attention combines key chunks.
 
     Returns:
-        ``[B, L, H, D]`` in ``v``'s dtype; fp32 state and accumulation.
+        ``[B, L, H, D]`` in ``v``'s dtype; fp32 state and accumulation (and the ``log`` denominator).
     """
     _check("v", v)
     B, L, H, _ = v.shape
@@ -116,18 +120,27 @@ def linear_attention_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError(f"chunk={chunk!r} is not allowed with causal=True: it must be an int >= 1 (tokens)")
     elif chunk is not None:
         raise ValueError(f"chunk={chunk!r} is only meaningful with causal=True; leave it None")
+    if return_lse and causal:
+        raise ValueError("return_lse=True is only available with causal=False")
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, q_den, k_den))
     backend = resolve_backend(backend, v.device, needs_grad)
     if backend == "triton" and v.shape[-1] > MAX_TRITON_D:
         raise ValueError(f"v has head dim {v.shape[-1]}; backend='triton' allows at most {MAX_TRITON_D} (use 'torch')")
     if L == 0:
-        return torch.zeros_like(v)
-    if backend == "triton":
+        out = torch.zeros_like(v)
+    elif backend == "triton":
         from .triton_kernel import linear_attention_triton
 
-        return linear_attention_triton(q, k, v, causal=causal, chunk=chunk, q_den=q_den, k_den=k_den, eps=eps)
-    return _torch_features(q, k, v, q_den, k_den, causal, chunk, eps)
+        out = linear_attention_triton(q, k, v, causal=causal, chunk=chunk, q_den=q_den, k_den=k_den, eps=eps)
+    else:
+        out = _torch_features(q, k, v, q_den, k_den, causal, chunk, eps)
+    if not return_lse:
+        return out
+    qd = (q if q_den is None else q_den).float()
+    kd = (k if k_den is None else k_den).float()
+    den = torch.einsum("blhf,bhf->blh", qd, kd.sum(1))
+    return out, torch.log(den + eps)
 
 
 def _feature_fn(feature_map) -> Callable[[torch.Tensor], torch.Tensor]:

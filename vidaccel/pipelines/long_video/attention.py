@@ -53,6 +53,8 @@ class PassState:
 class KVCachedAttention(ProcessorWrapper):
     """Replaces a self-attention processor: attends to the cached context and the chunk's own tokens."""
 
+    context_parallel = False  # attends to this rank's KV cache only: one process
+
     def __init__(self, inner, layer: int, state: PassState, family: ModelFamily):
         super().__init__(inner, layer)
         self.state = state

@@ -19,6 +19,7 @@ import torch
 
 from ...accel.caching import bypass_cache
 from ...core.concurrency import exclusive
+from ...core.context_parallel import cp_config
 from ...core.technique import attached
 from ...core.validation import check_bool
 from ...core.processors import ProcessorSwap, wrap_processor
@@ -261,6 +262,9 @@ class LongVideoPipeline(diffusers.WanPipeline):
         sched_template = call.sched
         self._num_timesteps = len(sched_template.timesteps)  # read by step-aware techniques (cache guards)
         transformer = self.transformer
+        if cp_config(transformer) is not None:
+            raise ValueError("rolling-KV long video runs on one process: its attention reads this rank's KV cache "
+                             "only; use a transformer without context parallelism (enable_parallelism)")
         family, chunk, tpf, cn = plan.family, plan.chunk, plan.tokens_per_frame, plan.context_noise
         gen = torch.Generator(device="cpu").manual_seed(call.seed)
 
