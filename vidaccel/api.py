@@ -8,6 +8,7 @@ from typing import Any
 from .core import technique as registry
 from .core.pipeline_class import accelerate_pipeline_class, restore_pipeline_class
 from .accel import resolve_accel
+from .core.presets import expand_roles
 from .core.technique import applied, finish_run, reset, stats, technique_for, technique_for_type
 from .families import family_for, pipeline_transformers
 
@@ -28,14 +29,18 @@ def apply(target, *configs: Any):
     Args:
         target: a diffusers Wan / CogVideoX pipeline (every variant; both Wan 2.2 experts get each technique)
             or a bare ``WanTransformer3DModel`` / ``CogVideoXTransformer3DModel``.
-        *configs: technique configs (``vidaccel.CacheConfig(...)``, ...) or preset names (``"fast"``).
+        *configs: technique configs (``vidaccel.CacheConfig(...)``, ...), preset names (``"fast"``), preset
+            files (``"tuned.json"``, as ``vidaccel tune`` writes) or configs per transformer role,
+            ``{"transformer": [...], "transformer_2": [...]}`` (Wan 2.2: the high-noise expert is
+            ``transformer``, the low-noise one ``transformer_2``; each role gets only its own configs).
 
     A plain diffusers pipeline is switched to vidaccel's subclass of its own class (``isinstance`` still
     holds), so every call resets technique state and records ``pipe.last_run``; :func:`remove` switches it
     back once nothing is applied.
 
     Raises:
-        ValueError: unknown config type, unsupported model class, or a technique that is already applied.
+        ValueError: unknown config type, unsupported model class, a technique that is already applied, a
+            malformed preset file, or per-role configs for a role the target does not have.
 
     Example::
 
@@ -48,22 +53,25 @@ def apply(target, *configs: Any):
     models = pipeline_transformers(target)
     pipeline = target if _is_pipeline(target) else None
     # Validate everything before touching anything, so a failing call leaves the target unchanged.
-    classes = [technique_for(c) for c in configs_list]
-    names = [cls.name for cls in classes]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")
+    plan = expand_roles(configs_list, [role for role, _ in models])
+    classes = [technique_for(c) for c, _ in plan]
     for role, model in models:
-        for cls in classes:
-            if cls.name in registry.attached(model):
+        names = [cls.name for cls, (_, roles) in zip(classes, plan) if role in roles]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")
+        for name, cls in {cls.name: cls for cls, (_, roles) in zip(classes, plan) if role in roles}.items():
+            if name in registry.attached(model):
                 raise ValueError(
-                    f"technique {cls.name!r} is already applied to {role} ({type(model).__name__}); "
+                    f"technique {name!r} is already applied to {role} ({type(model).__name__}); "
                     f"call vidaccel.remove(target, {cls.config_type.__name__}) first"
                 )
-    for cfg, cls in zip(configs_list, classes):
+    for (cfg, roles), cls in zip(plan, classes):
         attached: list[tuple[Any, registry.Technique]] = []
         try:
             for role, model in models:
+                if role not in roles:
+                    continue
                 technique = cls(model, cfg, family_for(model), role=role, pipeline=pipeline)
                 technique.attach()
                 registry.record(model, technique)
@@ -73,7 +81,7 @@ def apply(target, *configs: Any):
                 technique.detach()
                 registry.forget(model, technique)
             raise
-    if pipeline is not None and configs_list:
+    if pipeline is not None and plan:
         accelerate_pipeline_class(pipeline)
     return target
 

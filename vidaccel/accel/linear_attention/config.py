@@ -32,7 +32,8 @@ class LinearAttentionConfig:
         layers: block indices to swap, or ``"auto"``: the ``num_layers`` least sensitive layers, measured on
             the pipeline's own trajectories when applied (needs a pipeline, not a bare transformer).
             ``[]`` swaps nothing (bit-identical to the baseline).
-        num_layers: how many layers ``"auto"`` swaps (default: half, rounded down, at least 1).
+        num_layers: how many layers ``"auto"`` swaps (default: half, rounded down, at least 1); with an
+            ``adapter``, how many of its layers to swap, least sensitive first by its ranking (default: all).
         feature_map: ``"hedgehog"`` (learnable; train it with :func:`linearize`), ``"elu"`` or ``"relu"``.
         rope: ``"numerator"`` (rotate the numerator's features with the layer's RoPE) or ``"none"``.
         backend: linear-attention backend: ``"auto"``, ``"triton"``, ``"torch"``.
@@ -82,8 +83,8 @@ class LinearAttentionConfig:
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool)
                                             or self.num_layers < 0):
             raise _bad("num_layers", self.num_layers, "it must be an int >= 0 or None (half the layers)")
-        if self.num_layers is not None and self.layers != "auto":
-            raise _bad("num_layers", self.num_layers, "it is only used with layers='auto'")
+        if self.num_layers is not None and self.layers not in ("auto", "adapter"):
+            raise _bad("num_layers", self.num_layers, "it is only used with layers='auto' or an adapter")
         if self.feature_map not in FEATURE_MAP_NAMES:
             raise _bad("feature_map", self.feature_map, f"allowed: {', '.join(FEATURE_MAP_NAMES)}")
         if self.rope not in ROPE_MODES:
