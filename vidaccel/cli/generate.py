@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .common import CliError, add_model_args, add_size_args, call_kwargs, choice, int_at_least, load, presets
+
+
+def preset_or_file(text: str) -> str:
+    """A preset name, or the path of an existing preset ``.json`` file (as ``vidaccel tune`` writes)."""
+    if text.lower().endswith(".json"):
+        if not os.path.isfile(text):
+            raise CliError(f"--preset={text!r}: no such preset file")
+        return text
+    return choice("--preset", presets)(text)
 
 
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate a video from a prompt")
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.mp4", help="mp4 path (default: out.mp4)")
-    g.add_argument("--preset", default="none", type=choice("--preset", presets), help="acceleration preset")
+    g.add_argument("--preset", default="none", type=preset_or_file,
+                   help="acceleration preset, or a preset .json file written by `vidaccel tune`")
     g.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
     g.add_argument("--fps", type=int_at_least("--fps", 1), default=None, help="mp4 frame rate (default: the model's)")
     add_model_args(g)
