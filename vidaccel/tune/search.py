@@ -165,6 +165,8 @@ class Search:
         if str(steps) in costs and costs[str(steps)][1]:
             return costs[str(steps)][0] / costs[str(steps)][1]
         seen = [(int(k), v[0] / v[1]) for k, v in costs.items() if k.isdigit() and v[1]]
+        if not seen and "warmup" in costs:  # before any batch: the untimed first call (an overestimate)
+            seen = [tuple(costs["warmup"])]
         if seen:
             k, per = seen[0]
             return per * steps / k

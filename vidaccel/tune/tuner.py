@@ -348,7 +348,7 @@ def tune(pipe, prompts: Sequence[str], *, budget: Any, time_limit: float = 1200.
     try:
         if not state.costs:
             seconds = comm.share(runner.warm_up(rungs[0].steps))
-            state.costs[str(rungs[0].steps)] = [seconds, 1.0]
+            state.costs["warmup"] = [rungs[0].steps, seconds]  # [steps, seconds of one run]
         chosen = search.run()
     except KeyboardInterrupt:
         search.save(local=True)
