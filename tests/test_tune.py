@@ -240,6 +240,17 @@ def test_search_stops_at_the_time_limit_and_still_chooses(monkeypatch):
     assert chosen is not None and s.budget.met(s.metrics(chosen, s.holdout_cells()))
 
 
+def test_a_time_limit_too_short_for_a_bracket_still_measures_one_batch_and_validates(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(search_module.time, "perf_counter", lambda: clock[0])
+    runner = FakeRunner(clock=clock)
+    s = make_search(TuneState(setup={}, costs={"8": [1.5, 1.0]}), runner, time_limit=5.0)
+    chosen = s.run()
+    # one batch of the first four broad options on one prompt, then the best of them on the 2 held-out prompts
+    assert [len(ids) for ids, _ in runner.calls] == [4, 1, 1]
+    assert s.candidate(chosen).label == "cache call/5 w3 f0"
+
+
 def test_search_resumes_after_an_interruption_without_repeating_a_run(tmp_path):
     path = str(tmp_path / "state.json")
     reference = FakeRunner()

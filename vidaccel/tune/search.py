@@ -181,8 +181,8 @@ class Search:
         return len(cells) * (1 + self.candidate_share() * n) * self.run_cost(cells[0].steps) if cells else 0.0
 
     def reserve(self) -> float:
-        """Time kept back for the held-out validation (two candidates)."""
-        return 2 * self.batch_cost(1, self.holdout_cells())
+        """Time kept back for the held-out validation: two candidates, at most a quarter of the limit."""
+        return min(2 * self.batch_cost(1, self.holdout_cells()), 0.25 * self.time_limit)
 
     def bracket_cost(self, n0: int) -> float:
         total, n, seen = 0.0, n0, set()
@@ -196,8 +196,8 @@ class Search:
 
     # -- measuring ------------------------------------------------------------------------------------------
     def measure(self, ids: Sequence[str], cells: Sequence[Cell], *, force: bool = False) -> bool:
-        """Run ``ids`` on the cells they miss, in batches; ``False`` when the time ran out first (unless
-        ``force``)."""
+        """Run ``ids`` on the cells they miss, in batches; ``False`` when the time ran out first (``force``: run
+        them all regardless)."""
         groups: dict[tuple, list[str]] = {}
         for cid in ids:
             if self.error(cid):
@@ -211,11 +211,12 @@ class Search:
             todo = [Cell(split, prompt, s, steps, rep) for s in seeds]
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start:start + self.batch_size]
-                if not force and self.batch_cost(len(chunk), todo) > self.left() - (0 if split == "holdout"
-                                                                                      else self.reserve()):
+                # the session's first batch always runs: a search that measured nothing cannot choose
+                first = not self.measurements.records
+                if not (force or first) and self.batch_cost(len(chunk), todo) > self.left() - (
+                        0 if split == "holdout" else self.reserve()):
                     return False
                 self._run_batch(chunk, todo)
-                force = False
         return True
 
     def _run_batch(self, chunk: list[str], cells: list[Cell]) -> None:
@@ -290,13 +291,15 @@ class Search:
         return max(feasible, key=lambda x: x[1]["speedup"]) if feasible else None
 
     # -- brackets ---------------------------------------------------------------------------------------------
-    def _size(self, ids: list[str]) -> list[str]:
+    def _size(self, ids: list[str], first: bool) -> list[str]:
+        """As many of ``ids`` as a bracket can take in the time left; the first bracket takes at least one batch
+        (the presets come first), however short the time."""
         ids = ids[: self.max_candidates] if self.max_candidates else ids
         budget = self.left() - self.reserve()
         n = len(ids)
         while n > 0 and self.bracket_cost(n) > budget:
             n -= 1
-        return ids[:n]
+        return ids[:max(n, min(len(ids), self.batch_size) if first else 0)]
 
     def first_bracket(self) -> list[str]:
         ids: list[str] = []
@@ -417,7 +420,7 @@ class Search:
                     return
                 self._carry = []
                 ids = self.first_bracket() if index == 0 else self.next_bracket()
-                ids = self._size(ids)
+                ids = self._size(ids, first=index == 0)
                 self.save()
                 if not ids:
                     logger.info("search ends: %s", "no time left for another bracket" if self.left() > 0
