@@ -297,3 +297,19 @@ def test_space_neighbours_stay_on_the_grid_and_round_trip_through_json():
     with pytest.raises(ValueError, match="not on the grid"):
         space.option("cache", "call", {"interval": 99, "warmup": 3, "final": 0})
     assert Cell("search", 0, 0, 8) < Cell("search", 1, 0, 8)
+
+
+def test_default_rungs_grow_prompts_then_repeats():
+    from vidaccel.tune.search import Rung
+
+    assert default_rungs(4, 25) == [Rung(1, 25, 1, 3.0), Rung(2, 25, 1, 1.5), Rung(4, 25, 2, 0.5)]
+    assert default_rungs(4, 25, low_steps=10)[0] == Rung(1, 10, 1, 6.0)
+    assert default_rungs(1, 8) == [Rung(1, 8, 1, 3.0), Rung(1, 8, 2, 0.5)]  # one prompt: no two-prompt rung
+
+
+def test_nothing_slower_than_the_plain_pipeline_is_chosen(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "truth", lambda cand, split, prompt: (0.9, 60.0))
+    s = make_search(TuneState(setup={}), FakeRunner(), max_brackets=1)
+    assert s.run() is None and s.state.validation == []

@@ -59,12 +59,12 @@ def front_rows(rows: Sequence[dict]) -> list[dict]:
     return [r for r in rows if r["front"]]
 
 
-def _fmt(value, spec: str) -> str:
+def _fmt(value, spec: str, suffix: str = "") -> str:
     if value is None:
         return "—"
     if isinstance(value, float) and math.isinf(value):
         return "identical"
-    return format(value, spec)
+    return format(value, spec) + suffix
 
 
 def markdown_table(rows: Sequence[dict], budget: Budget, rungs: Sequence) -> str:
@@ -83,10 +83,10 @@ def markdown_table(rows: Sequence[dict], budget: Budget, rungs: Sequence) -> str
         rung = "—" if r["rung"] is None else "{}: {}×{}×{}".format(r["rung"], *rungs[r["rung"]][:3])
         yes = {True: "yes", False: "no", None: "—"}
         lines.append(
-            f"| {mark} | {r['label']} | {r['origin']} | {rung} | {_fmt(s.get('speedup'), '.2f')}× | "
-            f"{_fmt(s.get('speedup_e2e'), '.2f')}× | {_fmt(s.get('psnr'), '.2f')} | {_fmt(s.get('ssim'), '.4f')} | "
-            f"{_fmt(s.get('adherence_drop'), '+.3f')} | {yes[r['meets_budget']]} | {_fmt(h.get('speedup'), '.2f')}"
-            f"{'×' if h else ''} | {_fmt(h.get('psnr'), '.2f')} | {_fmt(h.get('ssim'), '.4f')} | "
+            f"| {mark} | {r['label']} | {r['origin']} | {rung} | {_fmt(s.get('speedup'), '.2f', '×')} | "
+            f"{_fmt(s.get('speedup_e2e'), '.2f', '×')} | {_fmt(s.get('psnr'), '.2f')} | {_fmt(s.get('ssim'), '.4f')} | "
+            f"{_fmt(s.get('adherence_drop'), '+.3f')} | {yes[r['meets_budget']]} | {_fmt(h.get('speedup'), '.2f', '×')}"
+            f" | {_fmt(h.get('psnr'), '.2f')} | {_fmt(h.get('ssim'), '.4f')} | "
             f"{_fmt(h.get('adherence_drop'), '+.3f')} | {yes[r['meets_budget_holdout']]} |")
     return "\n".join(lines)
 

@@ -17,9 +17,9 @@ best option of each technique they lack (a technique whose best option is no fas
 combined). A bracket is sized so its successive halving fits the time left; the search ends when no new
 candidate is left or the time is up.
 
-**Choice.** The fastest configurations that meet the budget on the top rung's cells are run on the held-out
-prompts, fastest first; the first that meets the budget there is chosen. Held-out speed and quality are
-reported beside the search figures.
+**Choice.** The fastest configurations that meet the budget on the top rung's cells (and are faster than the
+plain pipeline there) are run on the held-out prompts, fastest first; the first that meets the budget there is
+chosen. Held-out speed and quality are reported beside the search figures.
 """
 
 from __future__ import annotations
@@ -446,7 +446,9 @@ class Search:
     def validate(self) -> str | None:
         """Held-out validation of the fastest configurations meeting the budget; the chosen id or ``None``."""
         _, found = self.pool()
-        order = sorted((c for c in found if self.budget.met(found[c])), key=lambda c: -found[c]["speedup"])
+        # a configuration no faster than the plain pipeline is never chosen: applying nothing beats it
+        order = sorted((c for c in found if self.budget.met(found[c]) and found[c]["speedup"] > 1.0),
+                       key=lambda c: -found[c]["speedup"])
         done = {v["id"]: v for v in self.state.validation}
         for cid in order[: self.max_validations]:
             if cid not in done:

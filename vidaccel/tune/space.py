@@ -247,12 +247,14 @@ class SearchSpace:
                 return None
             return [pat for kind, pat in self.ctx.fragile if not (text_quantized and kind == "text")] + ends
 
+        # measure_sqnr="off": the per-layer SQNR check costs a GEMM per layer on every call, a diagnostic the
+        # tuned configuration does not need (the tuner measures quality on the outputs)
         def fp8(p):
-            return QuantConfig(format="fp8", activations=p["activations"], skip=skip(p))
+            return QuantConfig(format="fp8", activations=p["activations"], skip=skip(p), measure_sqnr="off")
 
         def nvfp4(p):
             s = skip(p, p["text"])
-            return QuantConfig(format="nvfp4", skip=s, skip_format=p["skip_format"],
+            return QuantConfig(format="nvfp4", skip=s, skip_format=p["skip_format"], measure_sqnr="off",
                                quantize_fragile=("text",) if p["text"] and s is None else ())
 
         return [

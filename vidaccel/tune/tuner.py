@@ -64,7 +64,7 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=round(time_limit), unit="s", desc="tune", disable=not enabled,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}")
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s{postfix}")
 
     def show(self, search: Search) -> None:
         elapsed = search.elapsed()
@@ -363,8 +363,8 @@ def tune(pipe, prompts: Sequence[str], *, budget: Any, time_limit: float = 1200.
     configs = cand.configs() if cand else []
     pick = next((r for r in rows if r["chosen"]), None)
     if chosen is None:
-        logger.warning("no configuration met the budget (%s) on the held-out prompts within the time: the result "
-                       "applies nothing", budget.describe())
+        logger.warning("no configuration faster than the plain pipeline met the budget (%s) on the search and "
+                       "held-out prompts within the time: the result applies nothing", budget.describe())
     table = markdown_table(rows, budget, setup["rungs"])
     elapsed = search.elapsed()  # a collective call with several processes: every rank makes it
     summary = _summary(setup, budget, search, pick, time_limit, elapsed)
@@ -398,7 +398,8 @@ def _summary(setup: dict, budget: Budget, search: Search, pick: dict | None, tim
              f"- time: {elapsed:.0f} s of {time_limit:.0f} s; {len(search.state.candidates)} configurations "
              f"tried, {len(search.state.records)} runs (baseline runs included)"]
     if pick is None:
-        lines.append("- chosen: **none** (no configuration met the budget on the held-out prompts)")
+        lines.append("- chosen: **none** (no configuration faster than the plain pipeline met the budget on the search "
+                     "and held-out prompts)")
     else:
         s, h = pick["search"], pick["holdout"] or {}
         lines.append(f"- chosen: **{pick['label']}**: search prompts {s['speedup']:.2f}× at {s['psnr']:.2f} dB / SSIM "
