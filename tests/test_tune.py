@@ -313,3 +313,27 @@ def test_nothing_slower_than_the_plain_pipeline_is_chosen(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "truth", lambda cand, split, prompt: (0.9, 60.0))
     s = make_search(TuneState(setup={}), FakeRunner(), max_brackets=1)
     assert s.run() is None and s.state.validation == []
+
+
+def test_a_candidate_that_breaks_during_a_run_is_skipped_and_the_search_goes_on():
+    class Breaking(FakeRunner):
+        def run(self, batch_id, candidates, cells):
+            if any(dict(c.options[0][1][0].params).get("interval") == 5 for _, c in candidates):
+                raise RuntimeError("kernel failed")
+            return super().run(batch_id, candidates, cells)
+
+    s = make_search(TuneState(setup={}), Breaking())
+    chosen = s.run()
+    broken = [c["id"] for c in s.state.candidates if c["error"]]
+    assert broken and all("RuntimeError: kernel failed" in s.error(c) for c in broken)
+    assert all(dict(s.candidate(c).options[0][1][0].params)["interval"] == 5 for c in broken)
+    assert chosen is not None and dict(s.candidate(chosen).options[0][1][0].params)["interval"] != 5
+
+
+def test_a_pipeline_that_fails_on_its_own_stops_the_search():
+    class Failing(FakeRunner):
+        def run(self, batch_id, candidates, cells):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        make_search(TuneState(setup={}), Failing()).run()

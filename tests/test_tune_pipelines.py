@@ -297,3 +297,23 @@ def test_two_processes_run_the_same_candidates_and_only_rank_0_writes(tmp_path):
     assert r0 == r1  # rank 0's measurements decided for both
     assert (tmp_path / "rank0" / "tuned.json").is_file() and (tmp_path / "rank0" / "tuned.state.json").is_file()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_tune_searches_the_layer_count_of_a_linear_attention_adapter(tmp_path, one_thread):
+    from vidaccel.accel import LinearAttentionConfig
+    from vidaccel.accel.linear_attention import save_adapter
+    from vidaccel.core.technique import attached
+
+    pipe = make_pipeline("wan21")
+    vidaccel.apply(pipe, LinearAttentionConfig(layers=[0, 2, 3]))  # an (untrained) adapter of 3 layers
+    adapter = save_adapter(tmp_path / "la.safetensors", {"transformer": attached(pipe.transformer)["linear_attention"]})
+    vidaccel.remove(pipe)
+    kw = kwargs_for(pipe, steps=4)
+    result = vidaccel.tune(pipe, PROMPTS, budget="psnr=10", time_limit=900, techniques=["linear_attention"],
+                           adapter=adapter, call_kwargs=kw, output=tmp_path / "la.json", max_brackets=2,
+                           progress=False)
+    tried = {r["label"] for r in result.rows if r["search"]}
+    assert {"linear-attention 3 layers", "linear-attention 2 layers"} <= tried
+    assert "linear-attention 1 layer" in tried  # a neighbour of the broad points, tried in the second bracket
+    for row in result.rows:
+        assert json.loads(row["configs"])[0]["args"]["adapter"] == adapter

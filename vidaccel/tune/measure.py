@@ -141,6 +141,8 @@ class Runner:
             self.apply(self.pipe, candidate)
         except ValueError as e:
             return str(e)
+        except Exception as e:  # e.g. a kernel this device cannot run
+            return f"{type(e).__name__}: {e}"
         finally:
             self.remove(self.pipe)
         return None

@@ -227,7 +227,20 @@ class Search:
                     cells[0].steps)
         batch_id = self.state.batches
         start = time.perf_counter()
-        records = self.runner.run(batch_id, [(c, self.candidate(c)) for c in chunk], cells)
+        try:
+            records = self.runner.run(batch_id, [(c, self.candidate(c)) for c in chunk], cells)
+        except Exception as e:  # a candidate that breaks during a run is recorded as failed, the search goes on
+            if len(chunk) > 1:
+                for cid in chunk:
+                    self._run_batch([cid], cells)
+                return
+            if not any(r["cand"] == "baseline" for r in self.measurements.records):
+                self.runner.run(batch_id, [], cells)  # raises if the plain pipeline itself fails
+            self._by_id[chunk[0]]["error"] = f"failed during a run: {type(e).__name__}: {e}"
+            logger.warning("%s failed during a run (%s: %s); skipping it", self.candidate(chunk[0]).label,
+                           type(e).__name__, e)
+            self.save()
+            return
         seconds = time.perf_counter() - start
         records, seconds = self.comm.share([records, seconds])
         self.state.batches += 1

@@ -277,7 +277,7 @@ class SearchSpace:
         adapter = self.ctx.adapter
         return [_Kind("linear_attention", "adapter", {"num_layers": tuple(range(1, n + 1))},
                       lambda p: LinearAttentionConfig(adapter=adapter, num_layers=p["num_layers"]),
-                      lambda p: f"linear-attention {p['num_layers']} layers",
+                      lambda p: f"linear-attention {p['num_layers']} layer" + ("s" if p["num_layers"] != 1 else ""),
                       [{"num_layers": n}] + ([{"num_layers": math.ceil(n / 2)}] if n > 1 else []))]
 
     # -- options --------------------------------------------------------------------------------------------
