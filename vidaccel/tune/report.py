@@ -119,7 +119,8 @@ def plot_front(rows: Sequence[dict], budget: Budget, path: str, title: str = "")
                    key=lambda p: p[0] if p[0] is not None else 0)
     front = [p for p in front if p[0] is not None]
     if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], c="black", lw=1.0, drawstyle="steps-post",
+        # steps-pre: between two front points the best speed at PSNR >= x is the next (slower) point's
+        ax.plot([p[0] for p in front], [p[1] for p in front], c="black", lw=1.0, drawstyle="steps-pre",
                 label="measured front")
     for r in rows:
         if r["origin"].startswith("preset") and r["search"] and x_of(r["search"]) is not None:
