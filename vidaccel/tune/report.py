@@ -119,9 +119,10 @@ def plot_front(rows: Sequence[dict], budget: Budget, path: str, title: str = "")
                    key=lambda p: p[0] if p[0] is not None else 0)
     front = [p for p in front if p[0] is not None]
     if front:
-        # steps-pre: between two front points the best speed at PSNR >= x is the next (slower) point's
-        ax.plot([p[0] for p in front], [p[1] for p in front], c="black", lw=1.0, drawstyle="steps-pre",
-                label="measured front")
+        # the best speed at quality >= x between two front points is the slower point's (for a drop, <= x: the
+        # faster point's), hence the step on the left of each point, or on the right for a drop
+        ax.plot([p[0] for p in front], [p[1] for p in front], c="black", lw=1.0,
+                drawstyle="steps-post" if field == "adherence_drop" else "steps-pre", label="measured front")
     for r in rows:
         if r["origin"].startswith("preset") and r["search"] and x_of(r["search"]) is not None:
             ax.annotate(r["origin"].split(" ", 1)[1], (x_of(r["search"]), r["search"]["speedup"]), fontsize=6,
