@@ -119,8 +119,8 @@ def plot_front(rows: Sequence[dict], budget: Budget, path: str, title: str = "")
                    key=lambda p: p[0] if p[0] is not None else 0)
     front = [p for p in front if p[0] is not None]
     if front:
-        # the best speed at quality >= x between two front points is the slower point's (for a drop, <= x: the
-        # faster point's), hence the step on the left of each point, or on the right for a drop
+        # between two front points the best speed within the budget is the slower point's: the step falls on the
+        # left of each point for quality >= x, on the right for a drop <= x
         ax.plot([p[0] for p in front], [p[1] for p in front], c="black", lw=1.0,
                 drawstyle="steps-post" if field == "adherence_drop" else "steps-pre", label="measured front")
     for r in rows:
