@@ -17,6 +17,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     ("dropin_pipeline.py", ["--steps", "2", "-o", "{tmp}/d.mp4"]),
     ("apply_and_remove.py", ["--steps", "2"]),
     ("benchmark.py", ["--steps", "2", "--out", "{tmp}/b"]),
+    ("tune.py", ["--steps", "3", "--minutes", "0.5", "-o", "{tmp}/t.json"]),
 ])
 def test_example_runs(tmp_path, script, args):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -27,3 +28,5 @@ def test_example_runs(tmp_path, script, args):
         assert "output identical to the baseline" in r.stdout
     if script == "benchmark.py":
         assert (tmp_path / "b" / "bench.json").exists()
+    if script == "tune.py":
+        assert "chosen:" in r.stdout and (tmp_path / "t.json").exists() and (tmp_path / "t.png").exists()

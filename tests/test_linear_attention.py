@@ -44,7 +44,7 @@ def test_importing_the_module_registers_the_technique():
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(layers="some"), "LinearAttentionConfig.layers='some' is not allowed"),
     (dict(layers=[0, -1]), "LinearAttentionConfig.layers=[0, -1] is not allowed"),
-    (dict(layers=[0], num_layers=1), "num_layers=1 is not allowed: it is only used with layers='auto'"),
+    (dict(layers=[0], num_layers=1), "num_layers=1 is not allowed: it is only used with layers='auto' or an adapter"),
     (dict(num_layers=-2), "num_layers=-2 is not allowed"),
     (dict(feature_map="softmax"), "feature_map='softmax' is not allowed; allowed: elu, relu, hedgehog"),
     (dict(rope="both"), "rope='both' is not allowed; allowed: numerator, none"),
@@ -187,6 +187,24 @@ def test_adapter_loads_through_from_pretrained_accel(distilled, tmp_path):
     vidaccel.apply(plain, cfg)
     np.testing.assert_array_equal(run_pipe(plain, **SIZE), got)
     assert not np.array_equal(got, base)
+
+
+def test_adapter_num_layers_swaps_its_least_sensitive_layers_with_their_trained_maps(distilled):
+    pipe, result = distilled
+    layers, ranking = result.layers["transformer"], result.ranking["transformer"]
+    first = [i for i in ranking if i in layers][0]
+    vidaccel.apply(pipe, LinearAttentionConfig(adapter=str(result.adapter), num_layers=1))
+    sub = run_pipe(pipe, **SIZE)
+    assert vidaccel.stats(pipe)["linear_attention"]["transformer"]["layers"] == [first]
+    vidaccel.remove(pipe)
+    # the subset keeps the adapter's trained feature map for that layer: it differs from the untrained swap
+    vidaccel.apply(pipe, LinearAttentionConfig(layers=[first]))
+    untrained = run_pipe(pipe, **SIZE)
+    vidaccel.remove(pipe)
+    assert not np.array_equal(sub, untrained)
+    with pytest.raises(ValueError, match="num_layers=3 is out of range: adapter .* swaps 2 layers"):
+        vidaccel.apply(pipe, LinearAttentionConfig(adapter=str(result.adapter), num_layers=3))
+    assert vidaccel.applied(pipe) == []
 
 
 def test_adapter_on_a_model_with_another_layer_count_raises(distilled):

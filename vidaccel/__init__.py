@@ -5,7 +5,8 @@ Three ways in:
 * drop-in pipelines: ``from vidaccel.pipelines import WanPipeline`` (``from_pretrained(..., accel=...)``);
 * ``vidaccel.apply(pipe_or_transformer, *configs)`` / ``vidaccel.remove(...)`` / ``vidaccel.stats(...)``
   on any diffusers Wan / CogVideoX pipeline or bare transformer;
-* the ``vidaccel`` command line (``vidaccel generate``, ``vidaccel bench``, ``vidaccel info``...).
+* the ``vidaccel`` command line (``vidaccel generate``, ``vidaccel bench``, ``vidaccel tune``, ``vidaccel info``...);
+* ``vidaccel.tune(pipe, prompts, budget="psnr=30")``: the fastest combination within a quality budget.
 
 Everything loads on first use: ``import vidaccel`` imports neither diffusers nor transformers nor triton.
 
@@ -54,9 +55,9 @@ _LAZY = {
     "family_for": "vidaccel.families",
 }
 _SUBMODULES = ("accel", "api", "bench", "core", "eval", "families", "kernels", "metrics", "models", "parallel",
-               "pipelines", "testing", "video")
+               "pipelines", "testing", "tune", "video")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "tune", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ from .core import technique as registry
 from .core.concurrency import exclusive
 from .core.pipeline_class import accelerate_pipeline_class, restore_pipeline_class
 from .accel import resolve_accel
+from .core.presets import expand_roles
 from .core.technique import applied, finish_run, reset, stats, technique_for, technique_for_type
 from .families import family_for, pipeline_transformers
 
@@ -29,7 +30,10 @@ def apply(target, *configs: Any):
     Args:
         target: a diffusers Wan / CogVideoX pipeline (every variant; both Wan 2.2 experts get each technique)
             or a bare ``WanTransformer3DModel`` / ``CogVideoXTransformer3DModel``.
-        *configs: technique configs (``vidaccel.CacheConfig(...)``, ...) or preset names (``"fast"``).
+        *configs: technique configs (``vidaccel.CacheConfig(...)``, ...), preset names (``"fast"``), preset
+            files (``"tuned.json"``, as ``vidaccel tune`` writes) or configs per transformer role,
+            ``{"transformer": [...], "transformer_2": [...]}`` (Wan 2.2: the high-noise expert is
+            ``transformer``, the low-noise one ``transformer_2``; each role gets only its own configs).
 
     A plain diffusers pipeline is switched to vidaccel's subclass of its own class (``isinstance`` still
     holds), so every call resets technique state and records ``pipe.last_run``; :func:`remove` switches it
@@ -39,7 +43,8 @@ def apply(target, *configs: Any):
     detached again and the exception propagates; the target is exactly as it was, pipeline class included.
 
     Raises:
-        ValueError: unknown config type, unsupported model class, or a technique that is already applied.
+        ValueError: unknown config type, unsupported model class, a technique that is already applied, a
+            malformed preset file, or per-role configs for a role the target does not have.
 
     Example::
 
@@ -52,27 +57,30 @@ def apply(target, *configs: Any):
     models = pipeline_transformers(target)
     pipeline = target if _is_pipeline(target) else None
     # Validate everything before touching anything, so a failing call leaves the target unchanged.
-    classes = [technique_for(c) for c in configs_list]
-    names = [cls.name for cls in classes]
+    plan = expand_roles(configs_list, [role for role, _ in models])
+    classes = [technique_for(c) for c, _ in plan]
     accepts = getattr(pipeline, "vidaccel_accepts", None)  # a pipeline that runs only some techniques refuses here
     if accepts is not None:
-        for cfg, cls in zip(configs_list, classes):
+        for (cfg, _), cls in zip(plan, classes):
             accepts(cfg, cls)
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")
     for role, model in models:
-        for cls in classes:
-            if cls.name in registry.attached(model):
+        names = [cls.name for cls, (_, roles) in zip(classes, plan) if role in roles]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"the same technique was given more than once in one apply call: {sorted(dup)}")
+        for name, cls in {cls.name: cls for cls, (_, roles) in zip(classes, plan) if role in roles}.items():
+            if name in registry.attached(model):
                 raise ValueError(
-                    f"technique {cls.name!r} is already applied to {role} ({type(model).__name__}); "
+                    f"technique {name!r} is already applied to {role} ({type(model).__name__}); "
                     f"call vidaccel.remove(target, {cls.config_type.__name__}) first"
                 )
     attached: list[tuple[Any, registry.Technique]] = []
     with exclusive(m for _, m in models):  # not while a call on another thread uses these transformers
         try:
-            for cfg, cls in zip(configs_list, classes):
+            for (cfg, roles), cls in zip(plan, classes):
                 for role, model in models:
+                    if role not in roles:
+                        continue
                     # a technique's attach validates before it changes anything, so a failing one has nothing
                     # to undo; the ones attached before it are detached below
                     technique = cls(model, cfg, family_for(model), role=role, pipeline=pipeline)
@@ -84,7 +92,7 @@ def apply(target, *configs: Any):
                 technique.detach()
                 registry.forget(model, technique)
             raise
-    if pipeline is not None and configs_list:
+    if pipeline is not None and plan:
         accelerate_pipeline_class(pipeline)
     return target
 

@@ -17,7 +17,8 @@ def config_help() -> list[str]:
 
 
 def bench_configs_from_names(names: Sequence[str]) -> list[BenchConfig]:
-    """``"fast"`` → vidaccel preset; ``"fbc:0.1"`` → a peer. ``"none"`` (the baseline) is skipped."""
+    """``"fast"`` → vidaccel preset; ``"tuned.json"`` → a preset file; ``"fbc:0.1"`` → a peer. ``"none"`` (the
+    baseline) is skipped."""
     from ..accel import available_presets
 
     out: list[BenchConfig] = []
@@ -25,7 +26,11 @@ def bench_configs_from_names(names: Sequence[str]) -> list[BenchConfig]:
         head, _, arg = name.partition(":")
         if name == "none":
             continue
-        if name in available_presets():
+        if name.lower().endswith(".json"):  # a preset file written by `vidaccel tune`
+            from ..accel import resolve_accel
+
+            out.append(BenchConfig.from_configs(name, *resolve_accel(name)))
+        elif name in available_presets():
             out.append(BenchConfig.from_configs(name, name))
         elif head in PEERS:
             factory, typ, _ = PEERS[head]

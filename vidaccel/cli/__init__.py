@@ -1,6 +1,6 @@
 """The ``vidaccel`` command line: one parser tree, one error type, one exit-code convention.
 
-Subcommands, one module each: ``generate``, ``bench``, ``long``, ``convert``, ``linearize``, ``info`` and
+Subcommands, one module each: ``generate``, ``bench``, ``tune``, ``long``, ``convert``, ``linearize``, ``info`` and
 ``train-embedded`` (the last runs the source checkout's ``training/``). Every module has ``add_parser(sub)``
 and ``run(args)``; building the parser imports nothing heavy, so ``vidaccel -h`` and argument errors are fast.
 
@@ -20,12 +20,12 @@ import threading
 import time
 from typing import Sequence
 
-from . import bench, convert, generate, info, linearize, long, train
+from . import bench, convert, generate, info, linearize, long, train, tune
 from .common import CliError, Parser, say
 
 __all__ = ["main", "build_parser", "CliError"]
 
-_COMMANDS = (generate, info, bench, long, convert, linearize, train)
+_COMMANDS = (generate, info, bench, tune, long, convert, linearize, train)
 
 
 def build_parser() -> Parser:

@@ -7,7 +7,7 @@ import os
 from .common import COUNT_MAX, CliError, add_model_args, add_size_args, call_kwargs, int_between, load, output_dir
 
 #: What ``--config`` takes (the peers' names are fixed; presets are listed by ``vidaccel info``).
-CONFIG_HELP = ("a preset (vidaccel info lists them) or a peer: fbc[:threshold] (diffusers FirstBlockCache), "
+CONFIG_HELP = ("a preset (vidaccel info lists them), a preset .json file (vidaccel tune writes one) or a peer: fbc[:threshold] (diffusers FirstBlockCache), "
                "magcache[:threshold] (diffusers MagCache, calibrated here), taylorseer[:cache_interval] (diffusers "
                "TaylorSeer), cache-dit[:threshold] (cache-dit DBCache F1B0, if installed); repeatable")
 

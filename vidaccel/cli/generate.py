@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from . import distributed
@@ -10,12 +11,22 @@ from .common import (CliError, RunError, add_model_args, add_size_args, call_kwa
                      output_file, presets, say, seed)
 
 
+def preset_or_file(text: str) -> str:
+    """A preset name, or the path of an existing preset ``.json`` file (as ``vidaccel tune`` writes)."""
+    if text.lower().endswith(".json"):
+        if not os.path.isfile(text):
+            raise CliError(f"--preset={text!r}: no such preset file")
+        return text
+    return choice("--preset", presets)(text)
+
+
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate a video from a prompt")
     g.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompts FILE)")
     g.add_argument("-o", "--output", default=None,
                    help="mp4 path (default: out.mp4; its folder must exist); with --prompts a folder (default: videos)")
-    g.add_argument("--preset", default="none", type=choice("--preset", presets), help="acceleration preset")
+    g.add_argument("--preset", default="none", type=preset_or_file,
+                   help="acceleration preset, or a preset .json file written by `vidaccel tune`")
     g.add_argument("--seed", type=seed(), default=0)
     g.add_argument("--fps", type=int_between("--fps", 1, 1000), default=None, help="mp4 frame rate (default: the model's)")
     add_model_args(g)

@@ -1,15 +1,19 @@
 """Named sets of technique configs (``--preset`` on the CLI, ``accel="name"`` in ``from_pretrained``).
 
 Technique modules register their presets with :func:`register_preset`; ``"none"`` is always there and
-applies nothing.
+applies nothing. A path to a preset file (``"tuned.json"``, see :mod:`.preset_file`) resolves to the configs
+it holds, and a dict ``{role: configs}`` to :class:`~.preset_file.RoleConfigs` (configs per Wan 2.2 expert).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["register_preset", "available_presets", "preset_configs", "resolve_accel", "preset_description"]
+from .preset_file import RoleConfigs, is_preset_path, load_preset_configs
+
+__all__ = ["register_preset", "available_presets", "preset_configs", "resolve_accel", "preset_description",
+           "expand_roles", "RoleConfigs"]
 
 
 @dataclass(frozen=True)
@@ -38,19 +42,48 @@ def preset_description(name: str) -> str:
 
 def preset_configs(name: str) -> list:
     if name not in _PRESETS:
-        raise ValueError(f"preset={name!r} is not known; available presets: {', '.join(_PRESETS)}")
+        raise ValueError(f"preset={name!r} is not known; available presets: {', '.join(_PRESETS)} (or the path of a "
+                         "preset .json file, as `vidaccel tune` writes)")
     return list(_PRESETS[name].factory())
 
 
 def resolve_accel(accel: Any) -> list:
-    """Turn ``None`` / a preset name / a config / a list of those into a flat list of configs."""
+    """Turn ``None`` / a preset name / a preset file path / a config / ``{role: configs}`` / a list of those into
+    a flat list of configs (per-role configs stay one :class:`RoleConfigs` item)."""
     if accel is None:
         return []
+    if is_preset_path(accel):
+        return load_preset_configs(accel)
     if isinstance(accel, str):
         return preset_configs(accel)
-    if isinstance(accel, Iterable) and not isinstance(accel, (bytes, dict)):
+    if isinstance(accel, RoleConfigs):
+        return [accel]
+    if isinstance(accel, dict):
+        return [RoleConfigs({role: resolve_accel(items) for role, items in accel.items()})]
+    if isinstance(accel, Iterable) and not isinstance(accel, bytes):
         out: list = []
         for item in accel:
             out.extend(resolve_accel(item))
         return out
     return [accel]
+
+
+def expand_roles(configs: Sequence[Any], roles: Sequence[str]) -> list[tuple[Any, tuple[str, ...]]]:
+    """``(config, roles it applies to)`` for a resolved config list on a target with transformer ``roles``.
+
+    A plain config applies to every role; a :class:`RoleConfigs` item contributes each of its configs for its
+    own role. Raises ``ValueError`` when per-role configs name a role the target does not have.
+    """
+    out: list[tuple[Any, tuple[str, ...]]] = []
+    for item in configs:
+        if not isinstance(item, RoleConfigs):
+            out.append((item, tuple(roles)))
+            continue
+        missing = [r for r in item.roles() if r not in roles]
+        if missing:
+            raise ValueError(f"per-role configs are given for {', '.join(missing)}, but the target's transformers "
+                             f"are {', '.join(roles)} (a preset tuned for Wan 2.2's two experts fits only a "
+                             "two-expert pipeline)")
+        for role, items in item.configs.items():
+            out.extend((cfg, (role,)) for cfg in items)
+    return out

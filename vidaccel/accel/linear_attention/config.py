@@ -32,7 +32,8 @@ class LinearAttentionConfig:
         layers: block indices to swap, or ``"auto"``: the ``num_layers`` least sensitive layers, measured on
             the pipeline's own trajectories when applied (needs a pipeline, not a bare transformer).
             ``[]`` swaps nothing (bit-identical to the baseline).
-        num_layers: how many layers ``"auto"`` swaps (default: half, rounded down, at least 1).
+        num_layers: how many layers ``"auto"`` swaps (default: half, rounded down, at least 1); with an
+            ``adapter``, how many of its layers to swap, least sensitive first by its ranking (default: all).
         feature_map: ``"hedgehog"`` (learnable; train it with :func:`linearize`), ``"elu"`` or ``"relu"``.
         rope: ``"numerator"`` (rotate the numerator's features with the layer's RoPE) or ``"none"``.
         backend: linear-attention backend: ``"auto"``, ``"triton"``, ``"torch"``.
@@ -79,8 +80,8 @@ class LinearAttentionConfig:
                 raise _bad("layers", self.layers, "use 'auto' or a list of block indices (ints >= 0)")
             self.layers = tuple(sorted(set(layers)))
         self.num_layers = check_int(o, "num_layers", self.num_layers, lo=0, optional=True)
-        if self.num_layers is not None and self.layers != "auto":
-            raise _bad("num_layers", self.num_layers, "it is only used with layers='auto'")
+        if self.num_layers is not None and self.layers not in ("auto", "adapter"):
+            raise _bad("num_layers", self.num_layers, "it is only used with layers='auto' or an adapter")
         self.feature_map = check_choice(o, "feature_map", self.feature_map, FEATURE_MAP_NAMES)
         self.rope = check_choice(o, "rope", self.rope, ROPE_MODES)
         self.backend = check_choice(o, "backend", self.backend, BACKENDS)

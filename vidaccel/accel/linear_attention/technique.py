@@ -96,7 +96,14 @@ class LinearAttentionTechnique(Technique):
             layers = list(info["layers"])
             self.ranking = meta["ranking"].get(self.role)
             self.sensitivity = {int(i): e for i, e in meta["sensitivity"].get(self.role, {}).items()} or None
-            tensors = load_adapter_tensors(cfg.adapter, self.role)
+            if cfg.num_layers is not None:
+                if cfg.num_layers > len(layers):
+                    raise ValueError(f"LinearAttentionConfig.num_layers={cfg.num_layers} is out of range: adapter "
+                                     f"{cfg.adapter!r} swaps {len(layers)} layers of {self.role}")
+                order = [i for i in (self.ranking or []) if i in layers] + sorted(layers)
+                layers = list(dict.fromkeys(order))[:cfg.num_layers]
+            tensors = {k: v for k, v in load_adapter_tensors(cfg.adapter, self.role).items()
+                       if int(k.split(".", 1)[0]) in layers}
         elif cfg.layers == "auto":
             if self.pipeline is None:
                 raise ValueError("LinearAttentionConfig(layers='auto') measures layer sensitivity on the "
