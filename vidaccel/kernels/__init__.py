@@ -25,12 +25,15 @@ _LAZY = {
     "nvfp4_linear": ".nvfp4",
 }
 
-__all__ = sorted(_LAZY) + ["linear_attention"]
+#: Packages that are callable as their op: ``vidaccel.kernels.linear_attention(q, k, v)``.
+_CALLABLE_PACKAGES = ("linear_attention", "quant_attention")
+
+__all__ = sorted(_LAZY) + list(_CALLABLE_PACKAGES)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "linear_attention":  # the package is callable: vidaccel.kernels.linear_attention(q, k, v)
-        return importlib.import_module(".linear_attention", __name__)
+    if name in _CALLABLE_PACKAGES:
+        return importlib.import_module("." + name, __name__)
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

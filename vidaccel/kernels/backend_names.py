@@ -15,4 +15,6 @@ LINEAR_ATTENTION_FEATURE_MAPS = ("elu", "relu", "hedgehog")
 FP8 = ("auto", "scaled_mm", "triton", "torch")
 #: NVFP4 W4A16: ``"dequant"`` dequantizes the weight with a Triton kernel and runs a dense GEMM.
 NVFP4 = ("auto", "triton", "dequant", "torch")
+#: Quantized attention (INT8 Q·Kᵀ, FP8 P·V): ``"torch"`` runs the same quantized numerics in plain torch.
+QUANT_ATTENTION = ("auto", "triton", "torch")
 REFERENCE = "torch"
