@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ...core.attention_kernel import attention_kernel
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
 from ...kernels.attention import default_tile, sliding_tile_attention, sliding_tile_density
@@ -48,7 +49,7 @@ class _WindowedProcessor(ProcessorWrapper):
             return self.inner(attn, *args, **kwargs)
         tech.count(inputs.q.shape[1] - inputs.text_len, inputs.text_len)
         q, k = inputs.rotated()
-        out = tech.attend(q, k, inputs.v, inputs.text_len)
+        out = tech.attend(q, k, inputs.v, inputs.text_len, layer=self.layer)
         return tech.family.attention_output(attn, out, inputs)
 
 
@@ -199,7 +200,15 @@ class SlidingWindowTechnique(Technique):
         self.pairs_computed += _density(self.grid, self.config.window, self.tile, text_len)
         self.pairs_total += 1.0
 
-    def attend(self, q, k, v, num_text_tokens: int):
+    def attend(self, q, k, v, num_text_tokens: int, layer: int | None = None):
+        """Windowed attention of one call: by the kernel in the model's attention-kernel slot (quantized
+        attention) when one is set and takes the call, else by :func:`sliding_tile_attention`."""
+        kernel = attention_kernel(self.model)
+        if kernel is not None:
+            out = kernel(q, k, v, layer=layer, num_text_tokens=num_text_tokens, grid=self.grid,
+                         window=self.config.window, tile=self.tile)
+            if out is not None:
+                return out
         return sliding_tile_attention(q, k, v, grid=self.grid, window=self.config.window, tile=self.tile,
                                       num_text_tokens=num_text_tokens, backend=self.config.backend)
 
