@@ -17,18 +17,20 @@ import importlib
 
 from ..core.presets import available_presets, preset_configs, preset_description, register_preset, resolve_accel
 from .caching import CacheConfig
+from .frame_merge import FrameMergeConfig
 from .linear_attention import LinearAttentionConfig
 from .quant_attention import QuantAttentionConfig
 from .quantization import QuantConfig
 from .sliding_window import SlidingWindowConfig
 
 __all__ = ["CacheConfig", "SlidingWindowConfig", "QuantConfig", "LinearAttentionConfig", "QuantAttentionConfig",
-           "CONFIG_TYPES",
+           "FrameMergeConfig", "CONFIG_TYPES",
            "load_techniques", "available_presets", "preset_configs", "preset_description", "register_preset",
            "resolve_accel"]
 
 #: The built-in technique config types.
-CONFIG_TYPES = (CacheConfig, SlidingWindowConfig, QuantConfig, LinearAttentionConfig, QuantAttentionConfig)
+CONFIG_TYPES = (CacheConfig, SlidingWindowConfig, QuantConfig, LinearAttentionConfig, QuantAttentionConfig,
+                FrameMergeConfig)
 
 
 def load_techniques() -> list[type]:

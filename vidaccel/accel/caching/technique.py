@@ -36,7 +36,9 @@ class _ControllerHook(ModelHook):
         if self.technique.bypass:  # inside bypass_cache: no state, no decision, no record
             return args, kwargs
         pos = self.technique.timestep_position
-        self.technique.begin_call(self.states, kwargs.get("timestep", args[pos] if len(args) > pos else None))
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        self.technique.begin_call(self.states, kwargs.get("timestep", args[pos] if len(args) > pos else None),
+                                  getattr(hidden_states, "shape", None))
         return args, kwargs
 
     def new_forward(self, module, *args, **kwargs):
@@ -170,12 +172,15 @@ class CacheTechnique(Technique):
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @torch.compiler.disable
-    def begin_call(self, states: ContextStates, timestep) -> None:
+    def begin_call(self, states: ContextStates, timestep, input_shape=None) -> None:
         state = states.get_state()
         ctx = states.context
         t = float(timestep.flatten()[0].item()) if isinstance(timestep, torch.Tensor) else float(timestep or 0.0)
         if state.last_t is not None and t > state.last_t and ctx.step_index in (None, 0):
             state.reset()  # a new denoising run on a bare model (timesteps go down within a run)
+        if input_shape is not None and state.input_shape is not None and tuple(input_shape) != state.input_shape:
+            state.forget_tensors()  # frames merged or split back (FrameMergeConfig): nothing stored fits this call
+        state.input_shape = None if input_shape is None else tuple(input_shape)
         state.t = t
         state.step = ctx.step_index if ctx.step_index is not None else state.calls
         state.skip = False
