@@ -84,7 +84,7 @@ DENSE = [
     (63, 63, 2, 60, 0, "fp8", True, torch.float32),
     (63, 63, 2, 64, 7, "bf16", True, torch.bfloat16),
     (63, 63, 1, 128, 0, "fp8", False, torch.float16),
-    (70, 130, 1, 128, 66, "fp8", True, torch.float32),   # Lq != Lk, text prefix longer than a key block
+    (150, 300, 1, 128, 140, "fp8", True, torch.float32),  # Lq != Lk, text prefix longer than a key block
     (1000, 1000, 1, 64, 0, "fp8", True, torch.bfloat16),
 ]
 
@@ -105,9 +105,9 @@ def test_dense_matches_spec(case, backend, seed):
 
 # (grid, window, tile, num_text_tokens, D, pv); L = text + T*H*W
 SPARSE = [
-    ((3, 3, 7), (1, 2, 4), (1, 2, 4), 0, 60, "fp8"),       # L = 63, ragged tiles
+    ((3, 3, 7), (2, 3, 4), (2, 3, 4), 0, 60, "fp8"),       # L = 63, ragged tiles
     ((2, 5, 6), (2, 4, 4), (2, 4, 4), 7, 128, "bf16"),     # text prefix, ragged tiles
-    ((4, 9, 27), (2, 6, 18), (2, 3, 9), 28, 64, "fp8"),    # L = 1000
+    ((3, 8, 41), (2, 8, 32), (1, 8, 16), 16, 64, "fp8"),   # L = 1000, text prefix, ragged tiles
 ]
 
 
@@ -116,7 +116,7 @@ SPARSE = [
 def test_sliding_tile_matches_spec(case, backend, seed):
     grid, window, tile, nt, D, pv = case
     L = nt + math.prod(grid)
-    q, k, v = qkv(1, L, 2, D)
+    q, k, v = qkv(1, L, 1 if L >= 1000 else 2, D)
     kw = dict(grid=grid, window=window, tile=tile, num_text_tokens=nt, pv=pv)
     ref, ref_lse = quant_attention_naive(q, k, v, **kw)
     out, lse = quant_attention(q, k, v, backend=backend, return_lse=True, **kw)
@@ -172,8 +172,11 @@ def test_int8_blocks(seed):
 
 
 def test_layout_positions_keep_text_apart():
-    pos = naive.layout_positions(300, num_text_tokens=70)
-    assert pos[:70].tolist() == list(range(70)) and pos[70] == 2 * KEY_BLOCK and pos[-1] == 2 * KEY_BLOCK + 229
+    """Dense layout: text at 0 .., video from the next whole key block on."""
+    pos = naive.layout_positions(300, num_text_tokens=KEY_BLOCK + 6)
+    start = 2 * KEY_BLOCK
+    assert pos[: KEY_BLOCK + 6].tolist() == list(range(KEY_BLOCK + 6))
+    assert pos[KEY_BLOCK + 6 :].tolist() == list(range(start, start + 300 - KEY_BLOCK - 6))
 
 
 _TK = _kernels()  # the kernel module as the wrapper loads it (interpreter mode)
@@ -301,3 +304,18 @@ def test_bad_inputs_raise_value_errors():
         args.update(overrides)
         with pytest.raises(ValueError, match=re.escape(message)):
             quant_attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+def test_autotune_configs_and_prune():
+    """The GPU autotuner's key names are kernel arguments, and its pruning keeps exactly the configs that fit."""
+    tk = _TK
+    at = tk.quant_attn_fwd_autotuned
+    assert set(at.keys) <= set(tk.quant_attn_fwd.arg_names)
+    assert [c["BLOCK_M"] for c in tk.prune_configs(tk.AUTOTUNE_CONFIGS, 192, 128)] == [64, 64]
+    assert {c["BLOCK_M"] for c in tk.prune_configs(tk.AUTOTUNE_CONFIGS, 0, 128)} == {64, 128}
+    assert {c["BLOCK_M"] for c in tk.prune_configs(tk.AUTOTUNE_CONFIGS, 256, 256)} == {64}
+    kept = tk._early_prune(at.configs, {}, UNIT=256, BLOCK_D=64)
+    assert len(kept) == len(tk.AUTOTUNE_CONFIGS)
+    assert {c.kwargs["BLOCK_M"] for c in tk._early_prune(at.configs, {}, UNIT=192, BLOCK_D=64)} == {64}
+    with pytest.raises(ValueError, match="unit=96"):
+        tk.prune_configs(tk.AUTOTUNE_CONFIGS, 96, 64)

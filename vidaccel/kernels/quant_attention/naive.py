@@ -44,6 +44,7 @@ import torch
 
 from ..attention.layout import tile_plan
 from ..attention.naive import sliding_tile_mask, window_in_tiles
+from ..attention.wrapper import default_tile
 
 __all__ = [
     "Q_BLOCK",
@@ -55,6 +56,7 @@ __all__ = [
     "M_FLOOR",
     "is_dense_window",
     "layout_positions",
+    "text_padded",
     "quantize_int8_blocks",
     "quantize_qk",
     "quantize_v",
@@ -64,9 +66,10 @@ __all__ = [
 
 #: Positions per INT8 scale of Q (SageAttention2's per-warp granularity on sm89: 32 query rows per warp).
 Q_BLOCK = 32
-#: Positions per INT8 scale of K and per online-softmax step (the kernel's ``BLOCK_N``): P̃ is quantized relative
-#: to the running max over these blocks, so the result depends on it; every backend uses this one value.
-KEY_BLOCK = 64
+#: Positions per INT8 scale of K and per online-softmax step (the kernel's ``BLOCK_N``; 128 as in SageAttention2's
+#: sm90 kernel): P̃ is quantized relative to the running max over these blocks, so the result depends on it; every
+#: backend uses this one value.
+KEY_BLOCK = 128
 INT8_MAX = 127.0
 FP8_MAX = 448.0
 LOG2E = 1.4426950408889634
@@ -128,10 +131,10 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, *, scale: float, smooth_q: boo
     """
     c = scale * LOG2E
     qf, kf = q.float(), k.float()
-    k_mean = kf.mean(dim=1)  # [B, H, D]
+    k_mean = torch.mean(k, dim=1, dtype=torch.float32)  # [B, H, D]
     ks = kf - k_mean[:, None]
     if smooth_q:
-        q_mean = qf.mean(dim=1)
+        q_mean = torch.mean(q, dim=1, dtype=torch.float32)
         qs = qf - q_mean[:, None]
         q_mean_scaled = q_mean * c
         bias = torch.einsum("blhd,bhd->bhl", ks, q_mean_scaled)
@@ -156,7 +159,7 @@ def quantize_v(v: torch.Tensor, pv: str = "fp8"):
     vf = v.float()
     if pv == "bf16":
         return vf.to(torch.bfloat16).float(), torch.ones(v.shape[0], v.shape[2], v.shape[3], device=v.device)
-    amax = vf.abs().amax(dim=1)  # [B, H, D]
+    amax = v.abs().amax(dim=1).float()  # [B, H, D]
     sv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     return round_fp8(vf / sv[:, None]), sv
 
@@ -166,14 +169,17 @@ def quant_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
                           scale: float | None = None):
     """Quantized attention by the rules of the module docs. ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]``.
 
-    ``grid``/``window``/``tile`` (all given, ``Lq == Lk == num_text_tokens + T*H*W``) select sliding-tile
-    attention (:func:`~vidaccel.kernels.attention.naive.sliding_tile_mask`); a window covering the grid is dense.
+    ``grid``/``window`` (and ``tile``, default and clipping as in :func:`~vidaccel.kernels.attention.
+    sliding_tile_attention`; ``Lq == Lk == num_text_tokens + T*H*W``) select sliding-tile attention
+    (:func:`~vidaccel.kernels.attention.naive.sliding_tile_mask`); a window covering the grid is dense.
     Returns ``(out [B, Lq, H, D]`` in ``q``'s dtype, ``lse [B, H, Lq]`` fp32, natural log).
     """
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
     scale = D**-0.5 if scale is None else scale
     g = LOG2_FP8_MAX if pv == "fp8" else 0.0
+    if grid is not None:
+        tile = default_tile(grid) if tile is None else tuple(min(t, g) for t, g in zip(tile, grid))
     sparse = grid is not None and not is_dense_window(grid, window, tile)
     where = dict(grid=grid, window=window, tile=tile) if sparse else {}
     q_pos = layout_positions(Lq, num_text_tokens=num_text_tokens, device=q.device, **where)

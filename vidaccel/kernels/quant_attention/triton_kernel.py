@@ -11,7 +11,7 @@ The numerics are those of :mod:`vidaccel.kernels.quant_attention.naive` (the spe
   so that the B operand of the P·V MMA is K-major, as FP8 wgmma requires;
 * :func:`quant_attn_fwd`: the flash-attention loop: ``tl.dot`` int8 × int8 → int32 for the scores, ``tl.dot``
   e4m3 × e4m3 → fp32 into a fresh accumulator per key block (added into the fp32 output accumulator: the
-  two-level accumulation of SageAttention2, which keeps Hopper's reduced-precision FP8 accumulation to 64 keys),
+  two-level accumulation of SageAttention2, which keeps Hopper's reduced-precision FP8 accumulation to one block),
   or bf16 × bf16 (``PV_FP8=False``: GPUs without FP8 MMA).
 
 Quantized buffers are in layout order and padded: positions to whole kernel blocks, head dim to ``BLOCK_D`` (a
@@ -53,10 +53,10 @@ __all__ = ["AUTOTUNE_CONFIGS", "prune_configs", "block_d", "quant_qk_kernel", "q
 #: Launch configs (data). ``BLOCK_N`` is fixed at ``KEY_BLOCK`` (the numerics depend on it); sparse mode keeps
 #: the configs whose ``BLOCK_M`` divides the unit.
 AUTOTUNE_CONFIGS: list[dict] = [
-    dict(BLOCK_M=128, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, num_warps=8, num_stages=2),
-    dict(BLOCK_M=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M=64, num_warps=4, num_stages=3),
 ]
 #: Rows per program of :func:`quant_v_kernel`.
 V_BLOCK = 64
@@ -78,11 +78,12 @@ def block_d(head_dim: int) -> int:
     return max(32, triton.next_power_of_2(head_dim))
 
 
-def prune_configs(configs: list[dict], unit: int) -> list[dict]:
-    """Configs usable for a tile-layout unit (0 = dense): ``BLOCK_M`` must divide it."""
-    out = [c for c in configs if not unit or unit % c["BLOCK_M"] == 0]
+def prune_configs(configs: list[dict], unit: int, block_d: int) -> list[dict]:
+    """Configs usable for a tile-layout unit (0 = dense) and padded head dim: ``BLOCK_M`` must divide the unit;
+    ``BLOCK_M = 128`` is dropped above head dim 128 (its fp32 accumulator alone would fill the registers)."""
+    out = [c for c in configs if (not unit or unit % c["BLOCK_M"] == 0) and (block_d <= 128 or c["BLOCK_M"] <= 64)]
     if not out:
-        raise ValueError(f"no quant-attention config fits unit={unit} (a multiple of 64 is needed)")
+        raise ValueError(f"no quant-attention config fits unit={unit} (a multiple of {KEY_BLOCK} is needed)")
     return out
 
 
@@ -285,21 +286,44 @@ def quant_attn_fwd(Q8, QS, K8, KS, Bias, V8T, VS, O, LSE, Corr, Src, Table, Coun
         tl.store(LSE + pid_bh * Lq + out_row, lse, mask=valid)
 
 
+def _early_prune(configs, named_args, **kwargs):
+    unit = named_args.get("UNIT", kwargs.get("UNIT", 0))
+    bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
+    keep = prune_configs([dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs], unit, bd)
+    return [c for c in configs if dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) in keep]
+
+
+#: On a GPU: every config of :data:`AUTOTUNE_CONFIGS` that fits is timed once per key (the kernel only reads its
+#: inputs and overwrites its outputs, so repeated launches are harmless).
+quant_attn_fwd_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": c["BLOCK_M"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+             for c in AUTOTUNE_CONFIGS],
+    key=["Lpad_q", "Lpad_k", "D", "UNIT", "SPARSE", "PV_FP8", "RETURN_LSE", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": _early_prune},
+)(quant_attn_fwd)
+
+
 # -- launch --------------------------------------------------------------------------------------------------
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def quant_warps(block: int, block_d: int) -> int:
+    """Warps of :func:`quant_qk_kernel`: at most 64 tile elements per thread (it keeps ``x`` and ``x - mean``)."""
+    return 8 if block * block_d > 8192 else 4
+
+
 def dense_length(length: int, num_text_tokens: int) -> int:
-    """Positions of the dense layout of ``length`` tokens (text padded to a key block), a multiple of 128."""
-    return _cdiv(text_padded(num_text_tokens) + length - num_text_tokens, 128) * 128
+    """Positions of the dense layout of ``length`` tokens (text padded to a key block), a whole number of blocks
+    (of ``KEY_BLOCK`` and of every ``BLOCK_M``)."""
+    return _cdiv(text_padded(num_text_tokens) + length - num_text_tokens, KEY_BLOCK) * KEY_BLOCK
 
 
 def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: bool, num_text_tokens: int = 0,
                            plan=None, return_lse: bool = False, interpret: bool = False, config: dict | None = None):
     """Quantize and attend with the Triton kernels. ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]`` (any strides).
 
-    ``plan`` (a :class:`~vidaccel.kernels.attention.TilePlan` whose unit is a multiple of 64) selects the
+    ``plan`` (a :class:`~vidaccel.kernels.attention.TilePlan` whose unit is a multiple of ``KEY_BLOCK``) selects the
     block-sparse sliding-tile variant (``Lq == Lk``). ``config``: one entry of :data:`AUTOTUNE_CONFIGS` (default:
     the first that fits). Returns ``out [B, Lq, H, D]`` in ``q``'s dtype, and ``lse [B, H, Lq]`` fp32 with
     ``return_lse``.
@@ -310,8 +334,6 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
     bd = block_d(D)
     sparse = plan is not None
     unit = plan.unit if sparse else 0
-    cfg = dict(config or prune_configs(AUTOTUNE_CONFIGS, unit)[0])
-    bm = cfg.pop("BLOCK_M")
     ntext, text_pad = num_text_tokens, text_padded(num_text_tokens)
     if sparse:
         lpad_q = lpad_k = plan.length
@@ -321,28 +343,29 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
         src = torch.zeros(1, dtype=torch.int32, device=dev)
     c = scale * LOG2E
     f32 = dict(dtype=torch.float32, device=dev)
-    k_mean = k.float().mean(dim=1).contiguous()  # [B, H, D]
+    k_mean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()  # [B, H, D]
     if smooth_q:
-        q_mean = q.float().mean(dim=1).contiguous()
+        q_mean = torch.mean(q, dim=1, dtype=torch.float32).contiguous()
         q_mean_scaled = (q_mean * c).contiguous()
     else:
         q_mean = q_mean_scaled = torch.zeros(B, H, D, **f32)
     BH = B * H
-    warps = {} if interpret else {"num_warps": 4}
     q8 = torch.empty(BH, lpad_q, bd, dtype=torch.int8, device=dev)
     qs = torch.empty(BH, lpad_q, **f32)
     corr = torch.empty(BH, lpad_q, **f32) if return_lse else qs
     quant_qk_kernel[(lpad_q // Q_BLOCK, BH)](
         q, q_mean, k_mean, src, q8, qs, corr, *q.stride(), H, Lq, D, ntext, text_pad, lpad_q, c, scale,
-        BLOCK=Q_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=True, AUX=2 if return_lse else 0, **warps)
+        BLOCK=Q_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=True, AUX=2 if return_lse else 0,
+        **({} if interpret else {"num_warps": quant_warps(Q_BLOCK, bd)}))
     k8 = torch.empty(BH, lpad_k, bd, dtype=torch.int8, device=dev)
     ks = torch.empty(BH, lpad_k // KEY_BLOCK, **f32)
     bias = torch.empty(BH, lpad_k, **f32)
     quant_qk_kernel[(lpad_k // KEY_BLOCK, BH)](
         k, k_mean, q_mean_scaled, src, k8, ks, bias, *k.stride(), H, Lk, D, ntext, text_pad, lpad_k, 1.0, 1.0,
-        BLOCK=KEY_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=False, AUX=1, **warps)
+        BLOCK=KEY_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=False, AUX=1,
+        **({} if interpret else {"num_warps": quant_warps(KEY_BLOCK, bd)}))
     if pv_fp8:
-        amax = v.float().abs().amax(dim=1)  # [B, H, D]
+        amax = v.abs().amax(dim=1).float()  # [B, H, D]; exact in v's dtype
         vscale = torch.ones(B, H, bd, **f32)
         vscale[..., :D] = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
         vt = torch.empty(BH, bd, lpad_k, dtype=torch.float8_e4m3fn, device=dev)
@@ -351,17 +374,24 @@ def quant_attention_triton(q, k, v, *, scale: float, smooth_q: bool, pv_fp8: boo
         vt = torch.empty(BH, bd, lpad_k, dtype=torch.bfloat16, device=dev)
     quant_v_kernel[(lpad_k // V_BLOCK, BH)](
         v, src, vscale, vt, *v.stride(), H, Lk, D, ntext, text_pad, lpad_k, BLOCK_T=V_BLOCK, BLOCK_D=bd,
-        HAS_SRC=sparse, PV_FP8=pv_fp8, INTERPRET=interpret, **warps)
+        HAS_SRC=sparse, PV_FP8=pv_fp8, INTERPRET=interpret, **({} if interpret else {"num_warps": 4}))
 
     o = torch.empty(B, Lq, H, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, H, Lq, **f32) if return_lse else qs
     table = plan.table.to(dev) if sparse else src
     counts = plan.counts.to(dev) if sparse else src
-    quant_attn_fwd[(lpad_q // bm, BH)](
-        q8, qs, k8, ks, bias, vt, vscale, o, lse, corr, src, table, counts,
-        o.stride(0), o.stride(1), o.stride(2), H, Lq, lpad_q, lpad_k, D, ntext, text_pad,
-        table.stride(0) if sparse else 0, UNIT=unit, SPARSE=sparse, PV_FP8=pv_fp8, RETURN_LSE=return_lse,
-        INTERPRET=interpret, BLOCK_M=bm, BLOCK_N=KEY_BLOCK, BLOCK_D=bd, **({} if interpret else cfg))
+    args = (q8, qs, k8, ks, bias, vt, vscale, o, lse, corr, src, table, counts, o.stride(0), o.stride(1), o.stride(2),
+            H, Lq, lpad_q, lpad_k, D, ntext, text_pad, table.stride(0) if sparse else 0)
+    meta = dict(UNIT=unit, SPARSE=sparse, PV_FP8=pv_fp8, RETURN_LSE=return_lse, INTERPRET=interpret,
+                BLOCK_N=KEY_BLOCK, BLOCK_D=bd)
+    if config is None and interpret:
+        config = prune_configs(AUTOTUNE_CONFIGS, unit, bd)[0]
+    if config is not None:
+        cfg = dict(config)
+        bm = cfg.pop("BLOCK_M")
+        quant_attn_fwd[(lpad_q // bm, BH)](*args, **meta, BLOCK_M=bm, **({} if interpret else cfg))
+    else:
+        quant_attn_fwd_autotuned[lambda META: (lpad_q // META["BLOCK_M"], BH)](*args, **meta)
     return (o, lse) if return_lse else o
 
 
@@ -386,7 +416,7 @@ STATIC_MODELS = {
 def static_cases() -> list:
     """Every config the wrapper can launch, at Wan2.1-1.3B 480p and CogVideoX-5B shapes (see
     :mod:`vidaccel.kernels.static`): the attention kernel dense and sliding-tile, FP8 and bf16 P·V, and the
-    quantization kernels. The main case: dense FP8 on Wan 480p, ``BLOCK_M=128``."""
+    quantization kernels. The main case: dense FP8 on Wan 480p, ``BLOCK_M=128``, 2 stages."""
     from vidaccel.kernels import static
     from vidaccel.kernels.attention.layout import tile_plan
 
@@ -399,8 +429,8 @@ def static_cases() -> list:
         bd = block_d(D)
         qkv_strides = (L * H * D, H * D, D, 1)  # [B, L, H, D] contiguous
         for sparse in (False, True):
-            if sparse:  # the CUDA wrapper aligns units to 128 positions
-                plan = tile_plan(m["grid"], m["window"], (4, 8, 8), ntext, align=128)
+            if sparse:  # the wrapper aligns units to KEY_BLOCK positions
+                plan = tile_plan(m["grid"], m["window"], (4, 8, 8), ntext, align=KEY_BLOCK)
                 lpad, unit, table_stride = plan.length, plan.unit, plan.table.stride(0)
             else:
                 lpad, unit, table_stride = dense_length(L, ntext), 0, 0
@@ -411,7 +441,7 @@ def static_cases() -> list:
                 args = (T(I8), T(F32), T(I8), T(F32), T(F32), T(E4M3 if pv_fp8 else BF16), T(F32), T(BF16),
                         T(F32), T(F32), T(I32), T(I32), T(I32), L * H * D, H * D, D, H, L, lpad, lpad, D, ntext,
                         text_padded(ntext), table_stride)
-                for i, c in enumerate(prune_configs(AUTOTUNE_CONFIGS, unit)):
+                for i, c in enumerate(prune_configs(AUTOTUNE_CONFIGS, unit, bd)):
                     c = dict(c)
                     bm = c.pop("BLOCK_M")
                     main = mname == "wan480p" and not sparse and pv_fp8 and i == 0
@@ -426,11 +456,12 @@ def static_cases() -> list:
                     name=f"quant_attention/quant_{what}/{mode}/{mname}", kernel=quant_qk_kernel,
                     args=(T(BF16), T(F32), T(F32), T(I32), T(I8), T(F32), T(F32), *qkv_strides, H, L, D, ntext,
                           text_padded(ntext), lpad, 1.0, 1.0),
-                    kwargs=dict(BLOCK=block, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=row_scale, AUX=aux, num_warps=4),
-                    shape=where))
+                    kwargs=dict(BLOCK=block, BLOCK_D=bd, HAS_SRC=sparse, ROW_SCALE=row_scale, AUX=aux,
+                                num_warps=quant_warps(block, bd)),
+                    expect=dict(no_spills=True), shape=where))
             cases.append(static.StaticCase(
                 name=f"quant_attention/quant_v/{mode}/{mname}", kernel=quant_v_kernel,
                 args=(T(BF16), T(I32), T(F32), T(E4M3), *qkv_strides, H, L, D, ntext, text_padded(ntext), lpad),
                 kwargs=dict(BLOCK_T=V_BLOCK, BLOCK_D=bd, HAS_SRC=sparse, PV_FP8=True, INTERPRET=False, num_warps=4),
-                shape=where))
+                expect=dict(no_spills=True), shape=where))
     return cases

@@ -8,7 +8,8 @@ Backends (:data:`BACKENDS`):
   with their gathered window keys (sliding-tile): what runs on CPU;
 * ``"auto"``: ``triton`` on a CUDA GPU, ``torch`` elsewhere.
 
-Both follow :mod:`.naive` (the spec) and agree with it to fp32 rounding.
+Both follow :mod:`.naive` (the spec) and agree with it up to fp32 rounding (which, where an element of P sits on
+an e4m3 rounding tie, can move it by one e4m3 step).
 """
 
 from __future__ import annotations
@@ -174,8 +175,7 @@ def quant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_te
     plan = None
     if sparse_args is not None and not naive.is_dense_window(*sparse_args):
         grid, window, tile = sparse_args
-        align = 128 if backend == "triton" and q.device.type == "cuda" else KEY_BLOCK
-        plan = tile_plan(grid, window, tile, num_text_tokens, align=align, device=q.device)
+        plan = tile_plan(grid, window, tile, num_text_tokens, align=KEY_BLOCK, device=q.device)
     if backend == "triton":
         return _kernels().quant_attention_triton(
             q, k, v, scale=scale, smooth_q=smooth_q, pv_fp8=pv == "fp8", num_text_tokens=num_text_tokens, plan=plan,
