@@ -285,3 +285,30 @@ def test_config_errors_name_field_value_and_allowed(field, value, allowed):
 def test_split_must_come_after_merge():
     with pytest.raises(ValueError, match="split_at=0.3 is not allowed: it must be greater than merge_at=0.5"):
         FrameMergeConfig(merge_at=0.5, split_at=0.3)
+
+
+def test_presets_are_bench_configs():
+    from vidaccel.accel import preset_configs
+    from vidaccel.bench import bench_configs_from_names
+
+    assert preset_configs("frame-merge") == [FrameMergeConfig()]
+    assert [c.name for c in bench_configs_from_names(["frame-merge", "quant-attention"])] == ["frame-merge",
+                                                                                             "quant-attention"]
+
+
+def test_gpu_acceptance_rows_run_in_smoke_mode():
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from gpu_acceptance_extra import issue24_e2e
+
+    class Ctx:
+        smoke, device = True, "cpu"
+
+    names = ["none", "quant-attention", "frame-merge pairs 20-80%"]
+    rows = issue24_e2e(Ctx, 3, float("inf"), names)
+    assert [r["run"] for r in rows] == names
+    assert all("error" not in r and r["finite"] for r in rows), rows
+    merge = rows[2]["stats"]["frame_merge"]["transformer"]
+    assert merge["merged_calls"] > 0 and merge["merged_token_frames"] < merge["token_frames"]
+    assert rows[1]["stats"]["quant_attention"]["transformer"]["quantized_calls"] > 0

@@ -28,7 +28,7 @@ Example::
 
     import vidaccel
     pipe = vidaccel.load_pipeline("embedded")
-    vidaccel.apply(pipe, vidaccel.FrameMergeConfig(threshold=0.1, max_group=2))
+    vidaccel.apply(pipe, vidaccel.FrameMergeConfig(threshold=0.35, max_group=2))    # or accel="frame-merge"
     frames = pipe("a red circle moving right on a black background", num_frames=65).frames[0]
     print(vidaccel.stats(pipe)["frame_merge"]["transformer"]["groups"])
 """

@@ -28,10 +28,10 @@ class FrameMergeConfig:
             CogVideoX decode to a single pixel frame, unlike every later one).
     """
 
-    threshold: float = 0.1
+    threshold: float = 0.35
     max_group: int = 2
     merge_at: float = 0.25
-    split_at: float = 0.75
+    split_at: float = 0.5
     keep_first: bool = True
 
     _technique_module: ClassVar[str] = "vidaccel.accel.frame_merge.technique"
@@ -54,3 +54,7 @@ class FrameMergeConfig:
         if not isinstance(self.keep_first, bool):
             raise ValueError(f"FrameMergeConfig.keep_first={self.keep_first!r} is not allowed: it must be True or "
                              f"False")
+
+
+register_preset("frame-merge", lambda: [FrameMergeConfig()],
+                "dynamic latent frame rate (VGDFR): low-motion token frames merged in pairs from 25 % to 50 % of the steps")
