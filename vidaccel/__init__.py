@@ -29,6 +29,8 @@ _LAZY = {
     "SlidingWindowConfig": "vidaccel.accel.sliding_window",
     "QuantConfig": "vidaccel.accel.quantization",
     "LinearAttentionConfig": "vidaccel.accel.linear_attention",
+    "QuantAttentionConfig": "vidaccel.accel.quant_attention",
+    "FrameMergeConfig": "vidaccel.accel.frame_merge",
     "linearize": "vidaccel.accel.linear_attention",
     "save_quantized": "vidaccel.accel.quantization",
     "load_quantized": "vidaccel.accel.quantization",

@@ -19,16 +19,20 @@ import importlib
 from ..core.preset_file import RoleConfigs, read_preset, register_config_type, write_preset
 from ..core.presets import available_presets, preset_configs, preset_description, register_preset, resolve_accel
 from .caching import CacheConfig
+from .frame_merge import FrameMergeConfig
 from .linear_attention import LinearAttentionConfig
+from .quant_attention import QuantAttentionConfig
 from .quantization import QuantConfig
 from .sliding_window import SlidingWindowConfig
 
-__all__ = ["CacheConfig", "SlidingWindowConfig", "QuantConfig", "LinearAttentionConfig", "CONFIG_TYPES",
+__all__ = ["CacheConfig", "SlidingWindowConfig", "QuantConfig", "LinearAttentionConfig", "QuantAttentionConfig",
+           "FrameMergeConfig", "CONFIG_TYPES",
            "load_techniques", "available_presets", "preset_configs", "preset_description", "register_preset",
            "resolve_accel", "RoleConfigs", "read_preset", "write_preset"]
 
 #: The built-in technique config types.
-CONFIG_TYPES = (CacheConfig, SlidingWindowConfig, QuantConfig, LinearAttentionConfig)
+CONFIG_TYPES = (CacheConfig, SlidingWindowConfig, QuantConfig, LinearAttentionConfig, QuantAttentionConfig,
+                FrameMergeConfig)
 for _config_type in CONFIG_TYPES:  # preset files name configs by class name
     register_config_type(_config_type)
 

@@ -107,32 +107,53 @@ class ProcessorSwap:
         model: the transformer.
         make: ``make(original_processor, layer_index) -> new processor``.
         layers: indices of the blocks to change (all when ``None``).
+        innermost: wrap the model's own processor underneath any :class:`ProcessorWrapper` already installed,
+            instead of the outermost one. For a wrapper that only changes *how* the remaining softmax
+            attention is computed (quantized attention): wrappers that decide *what* is computed (windows,
+            linear attention) then stay outside it and see every call first, whatever the order of
+            application. :func:`vidaccel.remove` detaches in reverse order of application, so the chain it
+            was inserted into is intact when it is taken out.
     """
 
-    def __init__(self, family: ModelFamily, model: nn.Module, make: Callable, layers: Iterable[int] | None = None):
+    def __init__(self, family: ModelFamily, model: nn.Module, make: Callable, layers: Iterable[int] | None = None,
+                 innermost: bool = False):
         self.family = family
         self.model = model
         self.make = make
         self.layers = None if layers is None else sorted(set(layers))
+        self.innermost = innermost
         self.originals: dict[int, object] = {}
         self.installed: dict[int, object] = {}
+        self.parents: dict[int, ProcessorWrapper | None] = {}
 
     def attach(self) -> None:
         for i, attn in self.family.self_attentions(self.model):
             if self.layers is not None and i not in self.layers:
                 continue
-            self.originals[i] = attn.processor
-            self.installed[i] = self.make(attn.processor, i)
-            attn.set_processor(self.installed[i])
+            parent, processor = None, attn.processor
+            while self.innermost and isinstance(processor, ProcessorWrapper):
+                parent, processor = processor, processor.inner
+            self.originals[i] = processor
+            self.parents[i] = parent
+            self.installed[i] = self.make(processor, i)
+            if parent is None:
+                attn.set_processor(self.installed[i])
+            else:
+                parent.inner = self.installed[i]
 
     def detach(self) -> None:
         blocks = self.family.blocks(self.model)
         for i, original in self.originals.items():
             # the wrapper's inner is the original unless context parallelism put a dispatching processor there
             restored = getattr(self.installed.get(i), "inner", original)
-            getattr(blocks[i], self.family.self_attn_attr).set_processor(restored)
+            parent = self.parents.get(i)
+            if parent is None:
+                getattr(blocks[i], self.family.self_attn_attr).set_processor(restored)
+            else:
+                parent.inner = restored
         self.originals.clear()
         self.installed.clear()
+        self.parents.clear()
 
 
 class DispatchProcessor(ProcessorWrapper):

@@ -11,7 +11,7 @@ of them branches on a model class. Adding a family is one new module plus its ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -212,6 +212,19 @@ class ModelFamily:
         """diffusers' context-parallel plan for ``model`` (which inputs each rank splits along the token sequence,
         which output is gathered back), or ``None`` when the family has none: the model's own ``_cp_plan``."""
         return getattr(model, "_cp_plan", None)
+
+    # -- frame merging --------------------------------------------------------------------------------
+    def frame_position_hooks(self, model: nn.Module, current: Callable[[], tuple[torch.Tensor, int] | None]) -> list:
+        """Hooks that let a transformer call hold only some token frames of a video and still encode each at its
+        own temporal place (frame merging: fewer frames through the model, none moved in time).
+
+        ``current()`` is asked at every call: ``None`` leaves the call alone; ``(frames, total)`` says the call's
+        latent holds the token frames ``frames`` (an ascending ``LongTensor``) of a grid of ``total`` token frames,
+        and the model's positional encoding (RoPE, or added position embeddings) is made that of those frames in
+        the full grid. Returns removable handles. Raises ``ValueError`` when the model's positions cannot be
+        given per frame.
+        """
+        raise ValueError(f"{self.model_class} cannot encode merged frames at their own temporal positions")
 
     # -- long video -----------------------------------------------------------------------------------
     def rope_table(self, model: nn.Module, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

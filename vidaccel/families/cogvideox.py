@@ -9,6 +9,7 @@ multiple of it. Videos are made for 8 fps.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -50,6 +51,54 @@ class CogVideoXFamily(ModelFamily):
         out = out.flatten(2, 3).to(inputs.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return out[:, inputs.text_len:], out[:, :inputs.text_len]
+
+    def frame_position_hooks(self, model, current):
+        # Rotary models (5B, 1.5) get their RoPE tables from the pipeline (`image_rotary_emb`, for the full grid):
+        # keep the rows of the chosen frames. CogVideoX-2B adds sin-cos position embeddings inside its patch
+        # embedding, computed for the frames it is given: swap them for the chosen frames' rows of the full grid's.
+        cfg = model.config
+        if cfg.use_learned_positional_embeddings:
+            raise ValueError("CogVideoX with learned position embeddings (CogVideoX-5B-I2V) has positions only for "
+                             "its training frame count: merged frames cannot keep their temporal places")
+        if cfg.use_rotary_positional_embeddings:
+            names = list(inspect.signature(type(model).forward).parameters)[1:]
+            pos = names.index("image_rotary_emb")
+
+            def pre_hook(module, args, kwargs):
+                chosen = current()
+                in_kwargs = "image_rotary_emb" in kwargs
+                tables = kwargs.get("image_rotary_emb") if in_kwargs else (args[pos] if pos < len(args) else None)
+                if chosen is None or tables is None:
+                    return None
+                frames, total = chosen
+                picked = tuple(x.unflatten(0, (total, -1))[frames.to(x.device)].flatten(0, 1) for x in tables)
+                if in_kwargs:
+                    return args, {**kwargs, "image_rotary_emb": picked}
+                return args[:pos] + (picked,) + args[pos + 1:], kwargs
+
+            return [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        embed = model.patch_embed
+
+        def positions(height: int, width: int, latent_frames: int) -> torch.Tensor:
+            pixel_frames = (latent_frames - 1) * embed.temporal_compression_ratio + 1
+            if (embed.sample_height, embed.sample_width, embed.sample_frames) == (height, width, pixel_frames):
+                return embed.pos_embedding  # what the patch embedding adds at its sample size
+            return embed._get_positional_embeddings(height, width, pixel_frames)
+
+        def hook(module, args, output):
+            chosen = current()
+            if chosen is None or not embed.use_positional_embeddings:
+                return None
+            frames, total = chosen
+            _, kept, _, height, width = args[1].shape
+            text = module.max_text_seq_length
+            used = positions(height, width, kept)[:, text:].to(output.device, torch.float32)
+            full = positions(height, width, total)[:, text:].to(output.device, torch.float32)
+            wanted = full.unflatten(1, (total, -1))[:, frames.to(output.device)].flatten(1, 2)
+            video = output[:, text:].float() - used + wanted
+            return torch.cat([output[:, :text], video.to(output.dtype)], dim=1)
+
+        return [embed.register_forward_hook(hook)]
 
     def modulated_input(self, block, hidden_states, encoder_hidden_states, temb) -> torch.Tensor:
         return block.norm1(hidden_states, encoder_hidden_states, temb)[0]

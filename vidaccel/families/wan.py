@@ -50,6 +50,27 @@ class WanFamily(ModelFamily):
             shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
         return block.norm1(hidden_states.float()) * (1 + scale) + shift
 
+    def frame_position_hooks(self, model, current):
+        # Wan computes RoPE inside its forward from the latent's shape (model.rope): replace the tables of a
+        # call by the rows of the chosen frames in the full grid's tables, computed by the model's own rope.
+        limit = self.rope_frame_limit(model)
+
+        def hook(module, args, output):
+            chosen = current()
+            if chosen is None:
+                return None
+            frames, total = chosen
+            if total > limit:
+                raise ValueError(f"a grid of {total} token frames exceeds the model's RoPE table of {limit} "
+                                 "positions (rope_max_seq_len)")
+            hidden_states = args[0]
+            full = hidden_states.new_zeros(1, 1, total * module.patch_size[0], *hidden_states.shape[3:])
+            cos, sin = module.forward(full)  # not module(...): that would run this hook again
+            pick = frames.to(cos.device)
+            return tuple(x.unflatten(1, (total, -1))[:, pick].flatten(1, 2) for x in (cos, sin))
+
+        return [model.rope.register_forward_hook(hook)]
+
     def rope_frame_limit(self, model: nn.Module) -> int:
         return model.rope.freqs_cos.shape[0]
 

@@ -67,6 +67,16 @@ class BranchState:
         self.step: int = 0
         self.skip = False
         self.indicator: float | None = None
+        self.input_shape: tuple | None = None   # latent shape of the last call
+        self.forget_tensors()
+        self.cached_blocks: set[int] | None = None
+        self.cfg_since = 0                      # uncond calls since the last full one
+        self.gap = 1                            # "call": calls from the last computed one to the next
+        self.output_type: Any = tuple           # "call": how the transformer returns its output
+
+    def forget_tensors(self) -> None:
+        """Drop every stored tensor, keeping the counters: for a call whose latent has another shape than the
+        last one (frames merged or split back), whose residuals and outputs cannot be reused."""
         self.front_in: tuple | None = None
         self.mid_in: tuple | None = None
         self.ref_front: tuple | None = None     # front residual at the last computed call
@@ -79,12 +89,8 @@ class BranchState:
         self.block_in: dict[int, tuple] = {}
         self.block_change: dict[int, list[float]] = {}
         self.block_last: dict[int, tuple] = {}  # "profiled": last residual of each block, while profiling
-        self.cached_blocks: set[int] | None = None
         self.cfg_reuse = False                  # this call reuses the cond residual (+ difference)
         self.cfg_delta: tuple | None = None     # uncond − cond stack residual at the last full uncond call
-        self.cfg_since = 0                      # uncond calls since the last full one
-        self.gap = 1                            # "call": calls from the last computed one to the next
-        self.output_type: Any = tuple           # "call": how the transformer returns its output
 
 
 class ContextStates(StateManager):

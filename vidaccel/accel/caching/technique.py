@@ -36,7 +36,7 @@ class _ControllerHook(ModelHook):
     def pre_forward(self, module, *args, **kwargs):
         if self.technique.bypass:  # inside bypass_cache: no state, no decision, no record
             return args, kwargs
-        self.technique.begin_call(self.states, self.technique.call_timestep)
+        self.technique.begin_call(self.states, self.technique.call_timestep, self.technique.call_input_shape)
         return args, kwargs
 
     def new_forward(self, module, *args, **kwargs):
@@ -141,9 +141,10 @@ class CacheTechnique(Technique):
         self.current: BranchState | None = None
         self._controller = _ControllerHook(self)
         HookRegistry.check_if_exists_or_initialize(self.model).register_hook(self._controller, _CONTROLLER_HOOK)
-        # the timestep as the caller passed it: a torch pre-hook runs before every diffusers hook, so it sees
+        # the timestep (and the latent's shape) as the caller passed it: a torch pre-hook runs before every diffusers hook, so it sees
         # Wan 2.2 TI2V's per-token timestep whole even where context parallelism splits it
         self.call_timestep = None
+        self.call_input_shape = None
         self._timestep_handle = self.model.register_forward_pre_hook(self._capture_timestep, with_kwargs=True)
         for i, block in enumerate(blocks if not self.whole_call else ()):  # "call" skips whole calls
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
@@ -163,6 +164,8 @@ class CacheTechnique(Technique):
     def _capture_timestep(self, module, args, kwargs):
         pos = self.timestep_position
         self.call_timestep = kwargs.get("timestep", args[pos] if len(args) > pos else None)
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        self.call_input_shape = getattr(hidden_states, "shape", None)
 
     def _group(self):
         """Ranks sharing this model's sequence (context parallelism): every indicator is summed over them."""
@@ -189,12 +192,15 @@ class CacheTechnique(Technique):
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @torch.compiler.disable
-    def begin_call(self, states: ContextStates, timestep) -> None:
+    def begin_call(self, states: ContextStates, timestep, input_shape=None) -> None:
         state = states.get_state()
         ctx = states.context
         t = float(timestep.flatten()[0].item()) if isinstance(timestep, torch.Tensor) else float(timestep or 0.0)
         if state.last_t is not None and t > state.last_t and ctx.step_index in (None, 0):
             state.reset()  # a new denoising run on a bare model (timesteps go down within a run)
+        if input_shape is not None and state.input_shape is not None and tuple(input_shape) != state.input_shape:
+            state.forget_tensors()  # frames merged or split back (FrameMergeConfig): nothing stored fits this call
+        state.input_shape = None if input_shape is None else tuple(input_shape)
         state.t = t
         state.step = ctx.step_index if ctx.step_index is not None else state.calls
         state.skip = False

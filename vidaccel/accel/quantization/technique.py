@@ -116,6 +116,9 @@ class QuantTechnique(Technique):
                 linear.to("cpu")
 
     def removable(self) -> str | None:
+        if self.loaded:
+            return ("was loaded from a quantized checkpoint: its original weights are not in memory (load the "
+                    "unquantized model with from_pretrained instead)")
         try:
             self._check_removable()
         except RuntimeError as e:

@@ -10,6 +10,7 @@ import math
 import torch
 
 from ...core.attention_backend import dispatch
+from ...core.attention_kernel import attention_kernel
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
 from ...kernels.attention import default_tile, sliding_tile_attention, sliding_tile_density
@@ -55,7 +56,7 @@ class _WindowedProcessor(ProcessorWrapper):
         tech.count((inputs.q.shape[1] - inputs.text_len) * world, inputs.text_len * world)
         q, k = inputs.rotated()
         if parallel is None:
-            out = tech.attend(q, k, inputs.v, inputs.text_len)
+            out = tech.attend(q, k, inputs.v, inputs.text_len, layer=self.layer)
         else:
             out = dispatch(q, k, inputs.v, backend=STA_BACKEND, parallel_config=parallel,
                            params=tech.backend_params(inputs.text_len * world))
@@ -222,7 +223,15 @@ class SlidingWindowTechnique(Technique):
         return StaParams(self.grid, self.config.window, tuple(min(t, g) for t, g in zip(self.tile, self.grid)),
                          num_text_tokens, self.config.backend)
 
-    def attend(self, q, k, v, num_text_tokens: int):
+    def attend(self, q, k, v, num_text_tokens: int, layer: int | None = None):
+        """Windowed attention of one call: by the kernel in the model's attention-kernel slot (quantized
+        attention) when one is set and takes the call, else by :func:`sliding_tile_attention`."""
+        kernel = attention_kernel(self.model)
+        if kernel is not None:
+            out = kernel(q, k, v, layer=layer, num_text_tokens=num_text_tokens, grid=self.grid,
+                         window=self.config.window, tile=self.tile)
+            if out is not None:
+                return out
         return sliding_tile_attention(q, k, v, grid=self.grid, window=self.config.window, tile=self.tile,
                                       num_text_tokens=num_text_tokens, backend=self.config.backend)
 
