@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from contextlib import contextmanager
 
 import torch
@@ -332,11 +333,23 @@ class CacheTechnique(Technique):
             state.indicator = rel_l1(state.stack.predict(state.step), (sample,), self._group())
             power = cfg.forecast_order + 1
             rate = state.indicator / max(k, 1) ** power
-            gap = 1
-            while gap < self.run.interval and rate * (gap + 1) ** power <= cfg.threshold:
-                gap += 1
-            state.gap = gap
+            state.gap = self._next_gap(rate, power, state)
         state.stack.push(state.step, (sample,))
+
+    def _next_gap(self, rate: float, power: int, state: BranchState) -> int:
+        """Largest gap ``g <= interval`` (and no further than the run's last step) with ``rate * (g+1)^power``
+        within the threshold; at least 1."""
+        limit = self.run.interval
+        if state.total_steps:
+            limit = max(1, min(limit, state.total_steps - state.step))
+        if limit <= 1024:
+            gap = 1
+            while gap < limit and rate * (gap + 1) ** power <= self.config.threshold:
+                gap += 1
+            return gap
+        if rate <= 0 or math.isinf(self.config.threshold):  # huge interval on a bare model: solve, don't count
+            return limit
+        return int(max(1, min(limit, math.floor((self.config.threshold / rate) ** (1 / power)) - 1)))
 
     def _cfg_reusable(self, state: BranchState) -> bool:
         """Uncond call of a sequential-CFG model: reuse the cond residual of this step plus the difference?"""
