@@ -3,9 +3,11 @@ work: each bad value is one ``ValueError`` naming the argument, showing the valu
 
 from __future__ import annotations
 
+import math
+
 from ...core.validation import check_bool, check_choice, check_int, check_number, check_str
 
-__all__ = ["check_call_arguments"]
+__all__ = ["check_call_arguments", "check_model_arguments"]
 
 
 def check_call_arguments(*, num_frames, seconds, fps, chunk, window, sink, positions, height, width, steps, guidance,
@@ -48,3 +50,38 @@ def check_call_arguments(*, num_frames, seconds, fps, chunk, window, sink, posit
     check_number("", "context_noise", context_noise, lo=0, hi=1, hi_open=True, optional=True)
     msl = check_int("", "max_sequence_length", max_sequence_length, lo=1, hi=2**20, optional=True)
     return seed, msl
+
+
+def check_model_arguments(pipeline, family, *, num_frames, seconds, fps, chunk, window, height, width, positions):
+    """The checks that need the model (its channels, token grid and RoPE table): returns ``(total frames, number
+    of chunks, latent (h, w), token grid (h, w))``."""
+    transformer = pipeline.transformer
+    cfg = transformer.config
+    if cfg.in_channels != cfg.out_channels:
+        raise ValueError(f"the transformer takes {cfg.in_channels} input channels for {cfg.out_channels} output "
+                         "channels: an image-to-video checkpoint (image latents concatenated to the noise), which "
+                         "LongVideoPipeline does not condition; it runs text-to-video Wan transformers (in_channels "
+                         "== out_channels: Wan2.1-T2V-1.3B / 14B, Wan2.2-TI2V-5B, causal checkpoints made from them)")
+    total = num_frames if num_frames is not None else int(round(seconds * fps))
+    if total < 1:
+        raise ValueError(f"seconds={seconds!r} is not allowed at fps={fps:g}: it gives no frame; it must be >= "
+                         f"{1 / fps:g} s")
+    _, h, w = family.latent_shape(1, height, width, pipeline=pipeline)
+    _, gh, gw = family.token_grid(transformer, (1, h, w))
+    limits = family.token_grid_limit(transformer)
+    for name, value, tokens, limit in (("height", height, gh, limits[1]), ("width", width, gw, limits[2])):
+        if limit is not None and tokens > limit:
+            raise ValueError(f"{name}={value} is not allowed for this model: it is {tokens} tokens, beyond its "
+                             f"position table of {limit}")
+        if tokens < 1:
+            raise ValueError(f"{name}={value} is not allowed for this model: it is smaller than one patch")
+    num_chunks = math.ceil(family.latent_frames(total, pipeline=pipeline) / chunk)
+    rope_limit = family.rope_frame_limit(transformer)
+    if positions == "relative" and window > rope_limit:
+        raise ValueError(f"window_frames={window} is not allowed for this model: it exceeds its RoPE table of "
+                         f"{rope_limit} latent frame positions (rope_max_seq_len)")
+    if positions == "absolute" and num_chunks * chunk > rope_limit:
+        raise ValueError(f"positions='absolute' is not allowed for {total} frames: positions up to latent frame "
+                         f"{num_chunks * chunk - 1} exceed the model's RoPE table of {rope_limit} positions "
+                         "(rope_max_seq_len); use positions='relative'")
+    return total, num_chunks, (h, w), (gh, gw)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +25,11 @@ from ...memory import peak_memory, reset_peak_memory
 from ...video import deferred_signals, to_uint8_frames
 from .attention import KVCachedAttention, PassState, frame_rotary
 from .block_causal import apply_block_causal, block_causal_state, has_block_causal, remove_block_causal
-from .arguments import check_call_arguments
+from .arguments import check_call_arguments, check_model_arguments
 from .config import CausalConfig
 from .kv_cache import RollingKVCache
 from .schedule import parse_schedule
+from .stopping import install_sigterm, restore_sigterm
 from .techniques import LongVideoTechniques, RecomputeAttention, check_config
 from .writer import ChunkedMp4Writer
 
@@ -213,35 +211,10 @@ class LongVideoPipeline(diffusers.WanPipeline):
     def _plan(self, prompt, *, num_frames, seconds, fps, schedule_unit, chunk, window, sink_frames, guidance_scale,
               height, width, positions, context_noise) -> _Plan:
         transformer = self.transformer
-        cfg = transformer.config
-        if cfg.in_channels != cfg.out_channels:
-            raise ValueError(f"the transformer takes {cfg.in_channels} input channels for {cfg.out_channels} output "
-                             "channels: an image-to-video checkpoint (image latents concatenated to the noise), which "
-                             "LongVideoPipeline does not condition; it runs text-to-video Wan transformers (in_channels "
-                             "== out_channels: Wan2.1-T2V-1.3B / 14B, Wan2.2-TI2V-5B, causal checkpoints made from them)")
         family = family_for(transformer)
-        total = num_frames if num_frames is not None else int(round(seconds * fps))
-        if total < 1:
-            raise ValueError(f"seconds={seconds!r} is not allowed at fps={fps:g}: it gives no frame; it must be >= "
-                             f"{1 / fps:g} s")
-        _, h, w = family.latent_shape(1, height, width, pipeline=self)
-        _, gh, gw = family.token_grid(transformer, (1, h, w))
-        limits = family.token_grid_limit(transformer)
-        for name, value, tokens, limit in (("height", height, gh, limits[1]), ("width", width, gw, limits[2])):
-            if limit is not None and tokens > limit:
-                raise ValueError(f"{name}={value} is not allowed for this model: it is {tokens} tokens, beyond its "
-                                 f"position table of {limit}")
-            if tokens < 1:
-                raise ValueError(f"{name}={value} is not allowed for this model: it is smaller than one patch")
-        num_chunks = math.ceil(family.latent_frames(total, pipeline=self) / chunk)
-        rope_limit = family.rope_frame_limit(transformer)
-        if positions == "relative" and window > rope_limit:
-            raise ValueError(f"window_frames={window} is not allowed for this model: it exceeds its RoPE table of "
-                             f"{rope_limit} latent frame positions (rope_max_seq_len)")
-        if positions == "absolute" and num_chunks * chunk > rope_limit:
-            raise ValueError(f"positions='absolute' is not allowed for {total} frames: positions up to latent frame "
-                             f"{num_chunks * chunk - 1} exceed the model's RoPE table of {rope_limit} positions "
-                             "(rope_max_seq_len); use positions='relative'")
+        total, num_chunks, (h, w), (gh, gw) = check_model_arguments(
+            self, family, num_frames=num_frames, seconds=seconds, fps=fps, chunk=chunk, window=window,
+            height=height, width=width, positions=positions)
         guidance = 4.0 if guidance_scale is None else guidance_scale
         return _Plan(family=family, schedule=parse_schedule(prompt, total, fps, schedule_unit), total=total,
                      num_chunks=num_chunks, chunk=chunk, window=window, sink=sink_frames, history_cap=window - chunk,
@@ -318,7 +291,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
         switches = 0
         failure: BaseException | None = None
         self._stop_requested = False
-        previous_handler = self._install_sigterm()
+        previous_handler = install_sigterm(self)
         reset_peak_memory(device)
         from tqdm.auto import tqdm
 
@@ -375,7 +348,7 @@ class LongVideoPipeline(diffusers.WanPipeline):
             raise
         finally:
             bar.close()
-            self._restore_sigterm(previous_handler)
+            restore_sigterm(previous_handler)
             if recompute_swap is not None:
                 recompute_swap.detach()
             if swap is not None:
@@ -512,18 +485,3 @@ class LongVideoPipeline(diffusers.WanPipeline):
         if len(frames) <= cap:
             return frames
         return frames[:sink] + frames[len(frames) - (cap - sink):]
-
-    def _install_sigterm(self):
-        """SIGTERM asks the loop to stop after the current chunk (the mp4 is then closed normally)."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            self._stop_requested = True
-
-        return signal.signal(signal.SIGTERM, handler)
-
-    @staticmethod
-    def _restore_sigterm(previous):
-        if previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
