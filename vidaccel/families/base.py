@@ -112,6 +112,9 @@ class ModelFamily:
         vae_spatial: pixels per latent pixel.
         fps: frame rate the family's videos are made for.
         fragile_layers: layer groups quantization keeps in high precision by default.
+        self_attn_projections: groups of the self-attention module's input projections (attribute names) that
+            one call applies to one and the same input tensor (q, k and v of the hidden states).
+        cross_attn_projections: the same for the cross-attention module (k and v of the text; the image keys).
     """
 
     name: str
@@ -127,6 +130,8 @@ class ModelFamily:
     vae_spatial: int = 8
     fps: int = 16
     fragile_layers: tuple[FragileLayer, ...] = ()
+    self_attn_projections: tuple[tuple[str, ...], ...] = (("to_q", "to_k", "to_v"),)
+    cross_attn_projections: tuple[tuple[str, ...], ...] = ()
 
     # -- where things are -------------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -144,6 +149,23 @@ class ModelFamily:
             return
         for i, block in enumerate(self.blocks(model)):
             yield i, getattr(block, self.cross_attn_attr)
+
+    def attention_input_projections(self, model: nn.Module) -> list[tuple[str, ...]]:
+        """Qualified names (``"blocks.0.attn1.to_q"``) of the linear layers that one attention call applies to one
+        and the same input tensor, one tuple per (attention module, input), in execution order: what FP8
+        quantizes once for all of them. Projections a module lacks (no image keys, fused ``to_qkv``) are left
+        out."""
+        out = []
+        for i, block in enumerate(self.blocks(model)):
+            for attr, groups in ((self.self_attn_attr, self.self_attn_projections),
+                                 (self.cross_attn_attr, self.cross_attn_projections)):
+                attn = getattr(block, attr) if attr is not None else None
+                for group in groups if attn is not None else ():
+                    names = tuple(f"{self.blocks_attr}.{i}.{attr}.{p}" for p in group
+                                  if isinstance(getattr(attn, p, None), nn.Module))
+                    if names:
+                        out.append(names)
+        return out
 
     @property
     def text_in_sequence(self) -> bool:
