@@ -63,6 +63,19 @@ class Rotary:
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).reshape(shape).to(dtype)
         return torch.cat([x[:, :self.offset].to(dtype), out], dim=1) if self.offset else out
 
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[offset + L', D / 2]`` in the tables' dtype, one row per token of the whole
+        sequence: the ``offset`` leading tokens get the identity rotation (``cos = 1``, ``sin = 0``). The form
+        :func:`vidaccel.kernels.linear_attention` takes as ``rope=`` (its fused kernels rotate in registers);
+        rotating with them (:func:`~vidaccel.kernels.linear_attention.wrapper.rope_rotate`) gives this object's
+        numbers."""
+        half = self.cos.shape[-1]
+        cos, sin = self.cos.reshape(-1, half), self.sin.reshape(-1, half)
+        if self.offset:
+            cos = torch.cat([cos.new_ones(self.offset, half), cos])
+            sin = torch.cat([sin.new_zeros(self.offset, half), sin])
+        return cos, sin
+
 
 @dataclass
 class SelfAttentionInputs:
