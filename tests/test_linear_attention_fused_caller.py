@@ -14,8 +14,7 @@ import vidaccel
 from vidaccel.accel.linear_attention import LinearAttentionConfig
 from vidaccel.core.technique import attached
 from vidaccel.families import Rotary
-from vidaccel.kernels.linear_attention import linear_attention_features
-from vidaccel.kernels.linear_attention import triton_kernel
+from vidaccel.kernels.linear_attention import linear_attention_features, triton_kernel
 
 from .conftest import make_pipeline, run_pipe
 from .test_linear_attention_kernels import TOL_MMA16, rel_err
