@@ -117,6 +117,20 @@ def test_fp8_activation_cache_quantizes_once_per_tensor(interpret):
     assert cache.quantizations == 0
 
 
+def test_fp8_activation_cache_quantizes_inference_tensors_every_call():
+    """Inference-mode tensors have no version counter: an in-place change is invisible, so no reuse."""
+    x, w, b = _data(9, 48, 16, seed=6)
+    qw = Fp8Weight.from_float(w)
+    cache = Fp8ActivationCache(backend="torch")
+    with torch.inference_mode():
+        xi = x.clone()
+        first = fp8_linear(cache(xi), qw, b, backend="torch")
+        xi.mul_(2.0)
+        second = fp8_linear(cache(xi), qw, b, backend="torch")
+        assert torch.equal(second, fp8_linear(xi, qw, b, backend="torch")) and not torch.equal(first, second)
+    assert cache.quantizations == 2 and cache._x is None
+
+
 def test_fp8_activation_api_rejects_bad_inputs():
     qw = Fp8Weight.from_float(torch.randn(8, 16))
     xq = quantize_activation(torch.randn(3, 16), backend="torch")

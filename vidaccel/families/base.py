@@ -63,6 +63,19 @@ class Rotary:
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).reshape(shape).to(dtype)
         return torch.cat([x[:, :self.offset].to(dtype), out], dim=1) if self.offset else out
 
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[offset + L', D / 2]`` in the tables' dtype, one row per token of the whole
+        sequence: the ``offset`` leading tokens get the identity rotation (``cos = 1``, ``sin = 0``). The form
+        :func:`vidaccel.kernels.linear_attention` takes as ``rope=`` (its fused kernels rotate in registers);
+        rotating with them (:func:`~vidaccel.kernels.linear_attention.wrapper.rope_rotate`) gives this object's
+        numbers."""
+        half = self.cos.shape[-1]
+        cos, sin = self.cos.reshape(-1, half), self.sin.reshape(-1, half)
+        if self.offset:
+            cos = torch.cat([cos.new_ones(self.offset, half), cos])
+            sin = torch.cat([sin.new_zeros(self.offset, half), sin])
+        return cos, sin
+
 
 @dataclass
 class SelfAttentionInputs:
@@ -112,6 +125,9 @@ class ModelFamily:
         vae_spatial: pixels per latent pixel.
         fps: frame rate the family's videos are made for.
         fragile_layers: layer groups quantization keeps in high precision by default.
+        self_attn_projections: groups of the self-attention module's input projections (attribute names) that
+            one call applies to one and the same input tensor (q, k and v of the hidden states).
+        cross_attn_projections: the same for the cross-attention module (k and v of the text; the image keys).
     """
 
     name: str
@@ -127,6 +143,8 @@ class ModelFamily:
     vae_spatial: int = 8
     fps: int = 16
     fragile_layers: tuple[FragileLayer, ...] = ()
+    self_attn_projections: tuple[tuple[str, ...], ...] = (("to_q", "to_k", "to_v"),)
+    cross_attn_projections: tuple[tuple[str, ...], ...] = ()
 
     # -- where things are -------------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -144,6 +162,23 @@ class ModelFamily:
             return
         for i, block in enumerate(self.blocks(model)):
             yield i, getattr(block, self.cross_attn_attr)
+
+    def attention_input_projections(self, model: nn.Module) -> list[tuple[str, ...]]:
+        """Qualified names (``"blocks.0.attn1.to_q"``) of the linear layers that one attention call applies to one
+        and the same input tensor, one tuple per (attention module, input), in execution order: what FP8
+        quantizes once for all of them. Projections a module lacks (no image keys, fused ``to_qkv``) are left
+        out."""
+        out = []
+        for i, block in enumerate(self.blocks(model)):
+            for attr, groups in ((self.self_attn_attr, self.self_attn_projections),
+                                 (self.cross_attn_attr, self.cross_attn_projections)):
+                attn = getattr(block, attr) if attr is not None else None
+                for group in groups if attn is not None else ():
+                    names = tuple(f"{self.blocks_attr}.{i}.{attr}.{p}" for p in group
+                                  if isinstance(getattr(attn, p, None), nn.Module))
+                    if names:
+                        out.append(names)
+        return out
 
     @property
     def text_in_sequence(self) -> bool:

@@ -132,6 +132,7 @@ COGVIDEOX = CogVideoXFamily(
     block_carries=("hidden_states", "encoder_hidden_states"),
     latent_axes=(1, 3, 4),
     fps=8,
+    self_attn_projections=(("to_q", "to_k", "to_v"),),  # of [text; video], concatenated once per call
     fragile_layers=(
         FragileLayer("patch", r"(^|\.)patch_embed\.",
                      "patch embedding (and its text projection): sees raw latents; its error reaches every block"),

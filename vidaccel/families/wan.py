@@ -137,6 +137,10 @@ WAN = WanFamily(
     cross_attn_attr="attn2",
     cfg_style="sequential",
     cache_contexts=("cond", "uncond"),
+    # attn1 projects the hidden states to q, k, v; attn2 projects the text to k, v (q reads the hidden states)
+    # and, for I2V, the image tokens to its added k, v
+    self_attn_projections=(("to_q", "to_k", "to_v"),),
+    cross_attn_projections=(("to_k", "to_v"), ("add_k_proj", "add_v_proj")),
     fragile_layers=(
         FragileLayer("patch", r"(^|\.)patch_embedding\.",
                      "patch embedding: sees raw latents, tiny K, negligible FLOPs; its error reaches every block"),

@@ -33,6 +33,8 @@ position-blind layer cannot reproduce the local, position-dependent mixing of vi
 inside the feature map instead would break φ's non-negativity (and with it the normaliser), and rotating
 the denominator too would let it reach zero. This is the "RoPE in the numerator only" form of RoFormer's
 linear attention. ``rope="none"`` ignores positions. CogVideoX rotates only video tokens, as diffusers does.
+On a CUDA GPU without gradients the fused Triton kernels compute the features and the rotation in registers
+(the RoPE tables go in as ``(cos, sin)``, identity rows for CogVideoX's text); when distilling, torch does.
 
 Example::
 

@@ -11,7 +11,7 @@ from torch import nn
 from ...core.attention_backend import dispatch
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
-from ...kernels.linear_attention import FIXED_FEATURE_MAPS, HedgehogFeatureMap, linear_attention_features
+from ...kernels.linear_attention import FIXED_FEATURE_MAPS, HedgehogFeatureMap, linear_attention
 from .adapter import load_adapter_tensors
 from .backend import LINEAR_BACKEND, LinearParams
 from .config import LinearAttentionConfig
@@ -165,15 +165,17 @@ class LinearAttentionTechnique(Technique):
         return self.feature_maps[str(layer)]
 
     def attend(self, layer: int, q, k, v, rotary):
+        """Linear attention of one layer on ``q, k, v [B, L, H, D]``, RoPE (``rotary``, the family's) in the
+        numerator only: rotated features there, the plain non-negative ones in the denominator. On a CUDA GPU
+        without gradients the fused Triton kernels compute the features and the rotation in registers; when
+        distilling (gradients) the torch path runs the same ops as :class:`~vidaccel.families.Rotary`."""
         fm = self.feature_fn(layer)
         if isinstance(fm, nn.Module) and fm.weight.device != q.device:
             fm.to(q.device)
-        fq, fk = fm(q), fm(k)
-        if rotary is None or self.config.rope == "none":
-            return linear_attention_features(fq, fk, v, backend=self.config.backend, eps=self.config.eps)
-        # RoPE in the numerator only: rotated features there, the plain non-negative ones in the denominator
-        return linear_attention_features(rotary(fq, torch.float32), rotary(fk, torch.float32), v, q_den=fq, k_den=fk,
-                                         backend=self.config.backend, eps=self.config.eps)
+        feature_map = self.config.feature_map if self.config.feature_map in FIXED_FEATURE_MAPS else fm
+        rope = None if rotary is None or self.config.rope == "none" else rotary.tables()
+        return linear_attention(q, k, v, feature_map=feature_map, rope=rope, backend=self.config.backend,
+                                eps=self.config.eps)
 
     def attend_parallel(self, layer: int, q, k, v, rotary, parallel):
         """:meth:`attend` for this rank's tokens under context parallelism, through ``vidaccel_linear``."""

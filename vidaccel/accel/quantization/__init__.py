@@ -5,7 +5,10 @@ experts) for a quantized module whose ``forward`` is one call into :mod:`vidacce
 
 * ``"fp8"`` — e4m3 weights with per-output-channel scales; activations quantized per token on every call
   (``activations="dynamic"``, W8A8 through ``torch._scaled_mm`` or vidaccel's Triton FP8 GEMM) or kept as
-  they are (``activations="none"``, W8A16). ~2× fewer weight bytes than bf16.
+  they are (``activations="none"``, W8A16). ~2× fewer weight bytes than bf16. The projections one attention
+  call applies to one input (q, k, v of the hidden states; Wan's text k, v: the family's
+  ``attention_input_projections``) share one quantization of it per call (the same numbers as each quantizing
+  its own); the cache holding it is emptied at the end of every transformer call.
 * ``"nvfp4"`` — NVIDIA's NVFP4 (e2m1 values, an e4m3 scale per 16, an fp32 scale per tensor), weight-only
   (W4A16) through vidaccel's Triton GEMM that dequantizes in registers. 4.5 bits per weight; fragile
   layers stay in the model's dtype, or FP8 weight-only with ``skip_format="fp8"`` (the ``nvfp4`` preset does

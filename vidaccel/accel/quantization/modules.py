@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from ...kernels.fp8.wrapper import Fp8Weight, fp8_linear
+from ...kernels._backend import check_linear_input
+from ...kernels.fp8.wrapper import Fp8ActivationCache, Fp8Weight, fp8_linear
 from ...kernels.nvfp4.wrapper import NVFP4Weight, nvfp4_linear
 
 __all__ = ["QuantLinear", "Fp8Linear", "NVFP4Linear", "SqnrProbe"]
@@ -116,7 +117,13 @@ class QuantLinear(nn.Module):
 
 
 class Fp8Linear(QuantLinear):
-    """``nn.Linear`` with an FP8 weight (:class:`~vidaccel.kernels.fp8.Fp8Weight`); see :func:`fp8_linear`."""
+    """``nn.Linear`` with an FP8 weight (:class:`~vidaccel.kernels.fp8.Fp8Weight`); see :func:`fp8_linear`.
+
+    ``act_cache``: an :class:`~vidaccel.kernels.fp8.Fp8ActivationCache` shared with the layers that read the same
+    input right after this one (q, k, v of one attention), so dynamic activations are quantized once for all of
+    them (the same numbers as each quantizing its own). Not used inside ``torch.compile``, whose graphs hold no
+    Python-side tensor state. ``None``: this layer quantizes its input itself.
+    """
 
     fmt = "fp8"
     _quant_buffers = ("weight_fp8", "weight_scale")
@@ -127,6 +134,7 @@ class Fp8Linear(QuantLinear):
         self.register_buffer("weight_scale", qweight.scale)
         self.activations = activations
         self.backend = backend
+        self.act_cache: Fp8ActivationCache | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "Fp8Linear":
@@ -137,6 +145,10 @@ class Fp8Linear(QuantLinear):
         return Fp8Weight(self.weight_fp8, self.weight_scale)
 
     def _forward(self, x):
+        cache = self.act_cache
+        if cache is not None and self.activations == "dynamic" and not torch.compiler.is_compiling():
+            check_linear_input(x, self.in_features)  # before quantizing: a wrong input fails as without the cache
+            x = cache(x)
         return fp8_linear(x, self.qweight, self.bias, activations=self.activations, backend=self.backend)
 
     def extra_repr(self):

@@ -9,10 +9,11 @@ from torch import nn
 
 from ...core.context_parallel import move_hooks
 from ...core.technique import Technique, register_technique
+from ...kernels.fp8.wrapper import Fp8ActivationCache
 from .calibration import Calibrator, plan_from_volatility
 from .config import QuantConfig
 from .layers import layer_formats, locate, plain_linears, quantize_linears, skip_reason, weight_bytes
-from .modules import QuantLinear, SqnrProbe
+from .modules import Fp8Linear, QuantLinear, SqnrProbe
 from .originals import DiskOriginals
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class QuantTechnique(Technique):
         self.volatility: dict[str, float] | None = None
         self.calibrator: Calibrator | None = None
         self.probe = SqnrProbe(self.config.sqnr_tokens)
+        self.act_cache = Fp8ActivationCache(self.config.backend)
         self.calls = 0
         self.handles = []
         self.attach_dtype = self.model.dtype
@@ -76,9 +78,11 @@ class QuantTechnique(Technique):
         self.skipped = {n: r for n in names if (r := skip_reason(n, patterns)) is not None}
         self.volatility, self.calibrator = None, None
         self.probe = SqnrProbe(self.config.sqnr_tokens)
+        self.act_cache = Fp8ActivationCache(self.config.backend)
         self.calls = 0
         for m in quantized.values():
             m.probe = self.probe  # no originals: SQNR cannot be measured, layers report None
+        self._share_activations()
         self._hook_model()
 
     def _hook_model(self):
@@ -87,9 +91,23 @@ class QuantTechnique(Technique):
 
         def post(module, args, output):
             self.probe.active = False
+            self.act_cache.reset()  # keeps no activation alive between calls
             self.calls += 1
 
-        self.handles = [self.model.register_forward_pre_hook(pre), self.model.register_forward_hook(post)]
+        self.handles = [self.model.register_forward_pre_hook(pre),
+                        self.model.register_forward_hook(post, always_call=True)]
+
+    def _share_activations(self) -> None:
+        """Give the dynamic FP8 layers that one attention call applies to one input (the family names them: q, k, v
+        of the hidden states; k, v of the text) the technique's activation cache: that input is quantized once
+        for all of them. The FFN and output layers keep quantizing their own input, so the cache never holds
+        more than one attention input."""
+        for group in self.family.attention_input_projections(self.model):
+            for name in group:
+                qmodule = self.quantized.get(name)
+                if (isinstance(qmodule, Fp8Linear) and qmodule.activations == "dynamic"
+                        and qmodule.backend == self.act_cache.backend):
+                    qmodule.act_cache = self.act_cache
 
     def _quantize(self, plan: dict[str, str] | None) -> None:
         formats, skipped = layer_formats(self.model, self.config, plan)
@@ -114,6 +132,7 @@ class QuantTechnique(Technique):
         if keep == "cpu":
             for linear in self.originals.values():
                 linear.to("cpu")
+        self._share_activations()
 
     def removable(self) -> str | None:
         if self.loaded:
@@ -168,6 +187,8 @@ class QuantTechnique(Technique):
             if dtype != self.attach_dtype and linear.weight.dtype != dtype:
                 linear.to(dtype)
             qmodule.set_original(None)
+            if isinstance(qmodule, Fp8Linear):
+                qmodule.act_cache = None
             parent, attr = where[id(qmodule)]
             move_hooks(qmodule, linear)  # context parallelism's hooks go back with the layer
             setattr(parent, attr, linear)
@@ -179,6 +200,7 @@ class QuantTechnique(Technique):
     def reset(self) -> None:
         self.calls = 0
         self.probe.reset()
+        self.act_cache.reset()
 
     def finish_run(self) -> None:
         if self.calibrator is None:

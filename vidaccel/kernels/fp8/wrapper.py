@@ -163,7 +163,8 @@ class Fp8ActivationCache:
 
     ``cache(x)`` returns the :class:`Fp8Activation` of ``x``, recomputed only when ``x`` is a different tensor
     object or was modified in place since (its ``_version``). It holds a reference to the last ``x`` until the
-    next call or :meth:`reset`.
+    next call or :meth:`reset`. Tensors made under ``torch.inference_mode`` carry no version counter, so an
+    in-place change cannot be seen: they are quantized on every call.
 
     Example::
 
@@ -177,17 +178,24 @@ class Fp8ActivationCache:
         self.reset()
 
     def reset(self) -> None:
-        self._x = None
-        self._version = -1
-        self._act = None
+        self.reset_entry()
         self.quantizations = 0
 
     def __call__(self, x: torch.Tensor) -> Fp8Activation:
+        if not isinstance(x, torch.Tensor) or x.is_inference():
+            act = quantize_activation(x, self.backend)  # raises ValueError for a non-tensor
+            self.reset_entry()
+            self.quantizations += 1
+            return act
         if x is not self._x or x._version != self._version:
             self._act = quantize_activation(x, self.backend)
             self._x, self._version = x, x._version
             self.quantizations += 1
         return self._act
+
+    def reset_entry(self) -> None:
+        """Drop the held tensor and its quantization (the count stays)."""
+        self._x, self._version, self._act = None, -1, None
 
 
 def _check_backend(backend: str) -> None:
