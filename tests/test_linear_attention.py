@@ -262,7 +262,7 @@ def test_linearize_resumes_exactly(tmp_path):
     (["--prompt", "a", "-o", "x.safetensors", "--steps", "-1"], "--steps=-1 is not allowed"),
     (["--prompt", "a", "-o", "x.safetensors", "--resume"], "--resume needs --checkpoint-dir"),
     (["--prompt", "a"], "the following arguments are required: --output/-o"),
-    (["/nonexistent/model", "--prompt", "a", "-o", "x.safetensors"], "cannot load model '/nonexistent/model'"),
+    (["/nonexistent/model", "--prompt", "a", "-o", "x.safetensors"], "--model='/nonexistent/model' is not allowed: no such folder"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
     assert main(["linearize", *argv]) == 2

@@ -88,7 +88,7 @@ def test_keep_original_none_frees_the_originals_and_refuses_remove():
     vidaccel.apply(pipe, QuantConfig(format="nvfp4", keep_original="none"))
     assert _originals_in_memory(pipe) == 0
     np.testing.assert_array_equal(run_pipe(pipe), kept)
-    with pytest.raises(RuntimeError, match="keep_original='none'.*reload the model"):
+    with pytest.raises(ValueError, match="keep_original='none'.*reload the model.*nothing was removed"):
         vidaccel.remove(pipe)
     assert vidaccel.applied(pipe) == ["quant"]  # the refusal changed nothing
     np.testing.assert_array_equal(run_pipe(pipe), kept)

@@ -63,7 +63,7 @@ def test_importing_the_module_registers_the_technique_and_presets():
 @pytest.mark.parametrize("field,value,allowed", [
     ("format", "int4", "'fp8', 'nvfp4', 'mixed'"),
     ("activations", "static", "'dynamic', 'none'"),
-    ("keep_original", "disk", "'cpu', 'device'"),
+    ("keep_original", "ram", "'cpu', 'device', 'disk', 'none'"),
     ("measure_sqnr", "always", "'first_call', 'off'"),
     ("backend", "cuda", "'auto', 'scaled_mm', 'triton', 'torch'"),
     ("skip_format", "bf16", "'none', 'fp8'"),

@@ -266,6 +266,9 @@ def check_model_name(name: str, flag: str = "--model") -> str:
         raise CliError(f"{flag}={_show(name)} is not allowed: it is a file; give a diffusers pipeline folder")
     if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "model_index.json")):
         raise CliError(f"{flag}={_show(name)} is not allowed: it is not a diffusers pipeline folder (no model_index.json)")
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_like_path and not os.path.exists(os.path.expanduser(name)):
+        raise CliError(f"{flag}={_show(name)} is not allowed: no such folder (a hub id has the form 'org/name')")
     return name
 
 
