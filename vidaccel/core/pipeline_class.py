@@ -93,6 +93,23 @@ class AcceleratedPipelineMixin:
             return bar
         return _TimedBar(bar, self)
 
+    def __deepcopy__(self, memo):
+        """As ``copy.deepcopy`` copies any object, except that the techniques of the copied transformers attach
+        after the whole pipeline is copied (a technique may read the pipeline while attaching)."""
+        import copy
+
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        outer = registry.DEFERRED_ATTACH_KEY not in memo
+        deferred = memo.setdefault(registry.DEFERRED_ATTACH_KEY, [])
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        if outer:
+            del memo[registry.DEFERRED_ATTACH_KEY]
+            for twin in deferred:
+                registry.attach_copy(twin)
+        return clone
+
     def __call__(self, *args, **kwargs):
         models = [m for _, m in pipeline_transformers(self) if registry.attached(m)]
         with exclusive(models):  # calls sharing an accelerated transformer run one at a time (core.concurrency)

@@ -32,6 +32,9 @@ __all__ = ["Technique", "register_technique", "unregister_technique", "technique
            "stats"]
 
 _REGISTRY: dict[type, type["Technique"]] = {}
+#: memo key under which a pipeline's ``__deepcopy__`` collects the techniques of its transformers' copies, to
+#: attach them once the pipeline copy is complete (a technique may read the pipeline, e.g. its scheduler)
+DEFERRED_ATTACH_KEY = "vidaccel_deferred_attach"
 _TABLE_ATTR = "_vidaccel_techniques"  # on each transformer: {technique name: Technique}, in application order
 _GUARD_ATTR = "_vidaccel_thread_guard"  # the handle of the forward pre-hook of core.concurrency
 
@@ -217,14 +220,23 @@ def _deepcopy_with_techniques(model, memo):
             _install_guards(model)
             for t in techniques:
                 t.attach()
+    deferred = memo.get(DEFERRED_ATTACH_KEY)
     for t in techniques:
         twin = copy.copy(t)  # keeps what a re-attach reuses (e.g. a calibrated plan); attach rebuilds the rest
         twin.model = clone
         # the copied pipeline when the copy started there; a bare copy keeps reading the original's (step count)
         twin.pipeline = memo.get(id(t.pipeline), t.pipeline) if t.pipeline is not None else None
-        twin.attach()
-        record(clone, twin)
+        if deferred is not None and t.pipeline is not None and id(t.pipeline) in memo:
+            deferred.append(twin)  # the pipeline copy is still being built: it attaches them once complete
+        else:
+            attach_copy(twin)
     return clone
+
+
+def attach_copy(twin: "Technique") -> None:
+    """Attach a technique copied by ``copy.deepcopy`` to its model copy and record it there."""
+    twin.attach()
+    record(twin.model, twin)
 
 
 def _techniques(target):
