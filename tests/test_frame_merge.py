@@ -273,8 +273,8 @@ def test_nothing_to_merge_warns_with_the_measured_motion(caplog):
 
 
 @pytest.mark.parametrize("field,value,allowed", [
-    ("threshold", -0.1, "number >= 0"), ("threshold", float("nan"), "number >= 0"), ("max_group", 1, "int >= 2"),
-    ("merge_at", 1.5, "fraction of the steps"), ("split_at", -0.2, "fraction of the steps"),
+    ("threshold", -0.1, "number >= 0"), ("threshold", float("nan"), "number >= 0"), ("max_group", 1, "integer >= 2"),
+    ("merge_at", 1.5, r"finite number in \[0, 1\]"), ("split_at", -0.2, r"finite number in \[0, 1\]"),
     ("keep_first", "yes", "True or False"),
 ])
 def test_config_errors_name_field_value_and_allowed(field, value, allowed):

@@ -22,7 +22,9 @@ import pytest
 import torch
 from hypothesis import given
 
-from vidaccel.accel import CacheConfig, LinearAttentionConfig, QuantConfig, SlidingWindowConfig
+from vidaccel.accel import (CacheConfig, FrameMergeConfig, LinearAttentionConfig, QuantAttentionConfig, QuantConfig,
+                            SlidingWindowConfig)
+from vidaccel.accel.quant_attention.config import PV_MODES
 from vidaccel.accel.caching.config import POLICIES
 from vidaccel.accel.quantization.config import ACTIVATIONS, FORMATS, KEEP_ORIGINAL, SKIP_FORMATS, SQNR_MODES
 from vidaccel.families.base import FRAGILE_KINDS
@@ -71,6 +73,7 @@ SPECS = {
         "cfg_interval": lambda v: is_int(v, 0) and v != 1,
         "interval": lambda v: is_int(v, 1),
         "num_inference_steps": lambda v: v is None or is_int(v, 1),
+        "tuned_steps": lambda v: v is None or is_int(v, 1),
     }),
     SlidingWindowConfig: ([{"window": (3, 16, 16)}, {"window": None, "train_grid": (4, 8, 8)}], {
         "window": lambda v: _triple(v) or v is None,
@@ -105,6 +108,20 @@ SPECS = {
         "calibration_kwargs": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
         "eps": lambda v: is_num(v, 0, lo_open=True),
         "adapter_metadata": lambda v: v is None,
+    }),
+    QuantAttentionConfig: ([{}], {
+        "dense_steps": lambda v: is_int(v, 0),
+        "dense_layers": _indices,
+        "smooth_q": lambda v: isinstance(v, bool),
+        "pv": lambda v: v in PV_MODES,
+        "backend": lambda v: v in backend_names.QUANT_ATTENTION,
+    }),
+    FrameMergeConfig: ([{}, {"merge_at": 0.0, "split_at": 1.0}], {
+        "threshold": lambda v: is_num(v, 0, inf=True),
+        "max_group": lambda v: is_int(v, 2),
+        "merge_at": lambda v: is_num(v, 0, 1),
+        "split_at": lambda v: is_num(v, 0, 1),
+        "keep_first": lambda v: isinstance(v, bool),
     }),
     CausalConfig: ([{}], {
         "chunk_frames": lambda v: is_int(v, 1, 2**31 - 1),

@@ -16,6 +16,8 @@ from vidaccel.kernels.attention.naive import (attention_lse_masked_naive, slidin
                                               sliding_tile_mask, sliding_tile_mask_at)
 from vidaccel.kernels.linear_attention import linear_attention_features
 
+from .test_linear_attention_kernels import TOL_MMA16
+
 
 def rel_err(a, b) -> float:
     a, b = a.float(), b.float()
@@ -96,7 +98,10 @@ def test_linear_attention_log_denominator_merges_exactly(backend):
     eps = 1e-3
     whole, lse = linear_attention_features(qn, kn, v, q_den=qd, k_den=kd, eps=eps, backend=backend,
                                            return_lse=True)
-    assert rel_err(whole, linear_attention_features(qn, kn, v, q_den=qd, k_den=kd, eps=eps, backend="torch")) < 1e-5
+    # the Triton kernel runs 16-bit MMA operands with fp32 accumulation: the kernel tests' bound for that
+    tol = 1e-5 if backend == "torch" else TOL_MMA16
+    ref = linear_attention_features(qn, kn, v, q_den=qd, k_den=kd, eps=eps, backend="torch")
+    assert rel_err(whole, ref) < tol
     den = torch.einsum("blhf,bhf->blh", qd, kd.sum(1))
     assert rel_err(lse, torch.log(den + eps)) < 1e-6
     chunks = torch.arange(L).chunk(3)  # keys split three ways, each chunk carrying eps / 3
@@ -109,7 +114,7 @@ def test_linear_attention_log_denominator_merges_exactly(backend):
         d = torch.einsum("blhf,bhf->blh", qd, pad(kd).sum(1)) + eps / 3
         parts.append((num / d[..., None], torch.log(d)))
     merged, _ = ring_merge(parts)
-    assert rel_err(merged, whole) < 1e-5
+    assert rel_err(merged, ref) < 1e-5
     with pytest.raises(ValueError, match="return_lse=True is only available with causal=False"):
         linear_attention_features(qn, kn, v, causal=True, chunk=9, return_lse=True)
 

@@ -153,7 +153,7 @@ def test_diffusers_backend_signature_returns_lse_in_diffusers_layout():
 
 
 @pytest.mark.parametrize("field,value,allowed", [
-    ("dense_steps", -1, "int >= 0"), ("dense_layers", [-2], "block indices >= 0"), ("smooth_q", 1, "True or False"),
+    ("dense_steps", -1, "integer >= 0"), ("dense_layers", [-2], "block indices \(integers >= 0\)"), ("smooth_q", 1, "True or False"),
     ("pv", "int4", "auto, fp8, bf16"), ("backend", "flex", "auto, triton, torch"),
 ])
 def test_config_errors_name_field_value_and_allowed(field, value, allowed):

@@ -62,7 +62,10 @@ def resolve_accel(accel: Any) -> list:
         return [RoleConfigs({role: resolve_accel(items) for role, items in accel.items()})]
     if isinstance(accel, Iterable) and not isinstance(accel, bytes):
         out: list = []
-        for item in accel:
+        for i, item in enumerate(accel):
+            if item is None:
+                raise ValueError(f"accel[{i}]=None is not allowed: a list holds configs, preset names or preset "
+                                 "files (give accel=None for no acceleration)")
             out.extend(resolve_accel(item))
         return out
     return [accel]

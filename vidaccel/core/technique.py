@@ -53,6 +53,8 @@ class Technique:
     #: Unique name; the key of this technique in :func:`vidaccel.stats`.
     name: ClassVar[str] = ""
     config_type: ClassVar[type]
+    #: the technique reads the pipeline (e.g. its scheduler): ``apply`` on a bare transformer is refused
+    needs_pipeline: ClassVar[bool] = False
 
     def __init__(self, model, config: Any, family: ModelFamily, role: str = "transformer", pipeline=None):
         self.model = model

@@ -121,6 +121,14 @@ def check_bool(owner: str, name: str, value: Any) -> bool:
     return value
 
 
+def check_indices(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    """Block indices: a list / tuple / set / range of integers in ``[0, 2**63 - 1]``; returned sorted, unique."""
+    if not isinstance(value, (list, tuple, set, frozenset, range)) or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= INT64_MAX for i in value):
+        raise bad_value(owner, name, value, "it must be a list of block indices (integers >= 0)")
+    return tuple(sorted(set(value)))
+
+
 def check_str(owner: str, name: str, value: Any, *, optional: bool = False, empty: bool = True) -> str | None:
     """A string (``empty=False``: with at least one non-blank character)."""
     if value is None and optional:

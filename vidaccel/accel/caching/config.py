@@ -80,6 +80,7 @@ class CacheConfig:
         if self.cfg_interval == 1:
             raise bad_value(o, "cfg_interval", 1, "use 0 (off) or an integer >= 2")
         self.num_inference_steps = check_int(o, "num_inference_steps", self.num_inference_steps, lo=1, optional=True)
+        self.tuned_steps = check_int(o, "tuned_steps", self.tuned_steps, lo=1, optional=True)
         if self.policy == "call" and (self.compute_front or self.compute_back):
             field_ = "compute_front" if self.compute_front else "compute_back"
             raise ValueError(f"CacheConfig.{field_}={getattr(self, field_)} is not allowed with policy='call': "
@@ -98,10 +99,6 @@ class CacheConfig:
             raise ValueError(f"CacheConfig.cfg_interval={self.cfg_interval} is not allowed with policy="
                              f"{self.policy!r} (it reuses the skippable span's residual); use policy='block' or "
                              "'step'")
-        if self.num_inference_steps is not None and self.num_inference_steps < 1:
-            raise ValueError(f"CacheConfig.num_inference_steps={self.num_inference_steps!r} is not allowed: >= 1")
-        if self.tuned_steps is not None and (not isinstance(self.tuned_steps, int) or self.tuned_steps < 1):
-            raise ValueError(f"CacheConfig.tuned_steps={self.tuned_steps!r} is not allowed: None or an integer >= 1")
 
     @property
     def min_warmup(self) -> int:

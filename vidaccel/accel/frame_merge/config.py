@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ...core.presets import register_preset
+from ...core.validation import bad_value, check_bool, check_int, check_number
 
 __all__ = ["FrameMergeConfig"]
 
@@ -37,23 +37,14 @@ class FrameMergeConfig:
     _technique_module: ClassVar[str] = "vidaccel.accel.frame_merge.technique"
 
     def __post_init__(self):
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or \
-                math.isnan(self.threshold) or self.threshold < 0:
-            raise ValueError(f"FrameMergeConfig.threshold={self.threshold!r} is not allowed: it must be a number >= 0 "
-                             f"(math.inf merges every group)")
-        if isinstance(self.max_group, bool) or not isinstance(self.max_group, int) or self.max_group < 2:
-            raise ValueError(f"FrameMergeConfig.max_group={self.max_group!r} is not allowed: it must be an int >= 2")
-        for name in ("merge_at", "split_at"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"FrameMergeConfig.{name}={value!r} is not allowed: it must be a fraction of the "
-                                 f"steps in [0, 1]")
+        o = "FrameMergeConfig"
+        self.threshold = check_number(o, "threshold", self.threshold, lo=0, allow_inf=True)
+        self.max_group = check_int(o, "max_group", self.max_group, lo=2)
+        self.merge_at = check_number(o, "merge_at", self.merge_at, lo=0, hi=1)
+        self.split_at = check_number(o, "split_at", self.split_at, lo=0, hi=1)
         if self.split_at <= self.merge_at:
-            raise ValueError(f"FrameMergeConfig.split_at={self.split_at!r} is not allowed: it must be greater than "
-                             f"merge_at={self.merge_at!r}")
-        if not isinstance(self.keep_first, bool):
-            raise ValueError(f"FrameMergeConfig.keep_first={self.keep_first!r} is not allowed: it must be True or "
-                             f"False")
+            raise bad_value(o, "split_at", self.split_at, f"it must be greater than merge_at={self.merge_at!r}")
+        self.keep_first = check_bool(o, "keep_first", self.keep_first)
 
 
 register_preset("frame-merge", lambda: [FrameMergeConfig()],

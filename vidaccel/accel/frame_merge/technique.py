@@ -110,6 +110,7 @@ class _Call:
 @register_technique(FrameMergeConfig)
 class FrameMergeTechnique(Technique):
     name = "frame_merge"
+    needs_pipeline = True
 
     @classmethod
     def noop_config(cls) -> FrameMergeConfig:

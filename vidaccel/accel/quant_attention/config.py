@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...core.presets import register_preset
+from ...core.validation import check_bool, check_choice, check_indices, check_int
 from ...kernels import backend_names
 
 __all__ = ["QuantAttentionConfig", "PV_MODES"]
@@ -38,25 +39,12 @@ class QuantAttentionConfig:
     _technique_module: ClassVar[str] = "vidaccel.accel.quant_attention.technique"
 
     def __post_init__(self):
-        if not isinstance(self.dense_steps, int) or isinstance(self.dense_steps, bool) or self.dense_steps < 0:
-            raise ValueError(f"QuantAttentionConfig.dense_steps={self.dense_steps!r} is not allowed: it must be an "
-                             f"int >= 0")
-        try:
-            layers = tuple(self.dense_layers)
-        except TypeError:
-            layers = None
-        if layers is None or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
-            raise ValueError(f"QuantAttentionConfig.dense_layers={self.dense_layers!r} is not allowed: it must be a "
-                             f"list of block indices >= 0")
-        self.dense_layers = tuple(sorted(set(layers)))
-        if not isinstance(self.smooth_q, bool):
-            raise ValueError(f"QuantAttentionConfig.smooth_q={self.smooth_q!r} is not allowed: it must be True or "
-                             f"False")
-        if self.pv not in PV_MODES:
-            raise ValueError(f"QuantAttentionConfig.pv={self.pv!r} is not allowed; allowed: {', '.join(PV_MODES)}")
-        if self.backend not in backend_names.QUANT_ATTENTION:
-            raise ValueError(f"QuantAttentionConfig.backend={self.backend!r} is not allowed; allowed: "
-                             f"{', '.join(backend_names.QUANT_ATTENTION)}")
+        o = "QuantAttentionConfig"
+        self.dense_steps = check_int(o, "dense_steps", self.dense_steps, lo=0)
+        self.dense_layers = check_indices(o, "dense_layers", self.dense_layers)
+        self.smooth_q = check_bool(o, "smooth_q", self.smooth_q)
+        self.pv = check_choice(o, "pv", self.pv, PV_MODES)
+        self.backend = check_choice(o, "backend", self.backend, backend_names.QUANT_ATTENTION)
 
 
 register_preset("quant-attention", lambda: [QuantAttentionConfig()],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ...core.validation import INT64_MAX, bad_value, check_choice, check_int
+from ...core.validation import INT64_MAX, bad_value, check_choice, check_indices, check_int
 from ...kernels import backend_names
 
 __all__ = ["SlidingWindowConfig"]
@@ -64,10 +64,5 @@ class SlidingWindowConfig:
         self.tile = _triple("tile", self.tile, optional=True)
         for name in ("dense_steps", "cross_attn_every"):
             setattr(self, name, check_int("SlidingWindowConfig", name, getattr(self, name), lo=0))
-        layers = self.dense_layers
-        if not isinstance(layers, (list, tuple, set, frozenset, range)) or any(
-                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= INT64_MAX for i in layers):
-            raise bad_value("SlidingWindowConfig", "dense_layers", self.dense_layers,
-                            "it must be a list of block indices (integers >= 0)")
-        self.dense_layers = tuple(sorted(set(layers)))
+        self.dense_layers = check_indices("SlidingWindowConfig", "dense_layers", self.dense_layers)
         self.backend = check_choice("SlidingWindowConfig", "backend", self.backend, BACKENDS)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import math
 
-from ...core.validation import check_bool, check_choice, check_int, check_number, check_str
+from ...core.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    shown,
+)
 
 __all__ = ["check_call_arguments", "check_model_arguments"]
 
@@ -15,7 +22,8 @@ def check_call_arguments(*, num_frames, seconds, fps, chunk, window, sink, posit
                          ema_decay, context_noise, max_sequence_length) -> tuple[int, int | None]:
     """Check the scalar arguments of one call; returns ``(seed, max_sequence_length)`` normalised."""
     if (num_frames is None) == (seconds is None):
-        raise ValueError("give exactly one of num_frames= or seconds=")
+        raise ValueError(f"num_frames={shown(num_frames)} with seconds={shown(seconds)} is not allowed: give exactly "
+                         "one of num_frames= or seconds=")
     check_int("", "num_frames", num_frames, lo=1, optional=True)
     check_number("", "seconds", seconds, lo=0, lo_open=True, optional=True)
     check_number("", "fps", fps, lo=0, hi=1000, lo_open=True)

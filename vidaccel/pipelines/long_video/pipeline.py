@@ -17,15 +17,20 @@ import torch
 from ...accel.caching import bypass_cache
 from ...core.concurrency import exclusive
 from ...core.context_parallel import cp_config
-from ...core.technique import attached
-from ...core.validation import check_bool
 from ...core.processors import ProcessorSwap, wrap_processor
+from ...core.technique import attached
+from ...core.validation import check_bool, shown
 from ...families import ModelFamily, family_for, pipeline_transformers
 from ...memory import peak_memory, reset_peak_memory
 from ...video import deferred_signals, to_uint8_frames
-from .attention import KVCachedAttention, PassState, frame_rotary
-from .block_causal import apply_block_causal, block_causal_state, has_block_causal, remove_block_causal
 from .arguments import check_call_arguments, check_model_arguments
+from .attention import KVCachedAttention, PassState, frame_rotary
+from .block_causal import (
+    apply_block_causal,
+    block_causal_state,
+    has_block_causal,
+    remove_block_causal,
+)
 from .config import CausalConfig
 from .kv_cache import RollingKVCache
 from .schedule import parse_schedule
@@ -410,12 +415,16 @@ class LongVideoPipeline(diffusers.WanPipeline):
             sched.set_timesteps(steps, device=device)
             return sched
 
+        total = self.scheduler.config.num_train_timesteps
+        if not isinstance(timesteps, (list, tuple)) or not timesteps or any(
+                isinstance(t, bool) or not isinstance(t, (int, float)) for t in timesteps):
+            raise ValueError(f"timesteps={shown(timesteps)} is not allowed: a non-empty, strictly decreasing list of "
+                             f"numbers in (0, {total}]")
         if getattr(self.scheduler.config, "prediction_type", "flow_prediction") != "flow_prediction" and \
                 not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             raise ValueError(f"timesteps={list(timesteps)!r} is only allowed with a flow-matching model; this "
                              f"pipeline's scheduler is {type(self.scheduler).__name__} with prediction_type="
                              f"{self.scheduler.config.prediction_type!r}")
-        total = self.scheduler.config.num_train_timesteps
         values = [float(t) for t in timesteps]
         if not values or any(not 0 < t <= total for t in values) or any(b >= a for a, b in zip(values, values[1:])):
             raise ValueError(f"timesteps={values!r} is not allowed: a non-empty, strictly decreasing list in "

@@ -37,7 +37,10 @@ from ...core.processors import ProcessorWrapper
 from ...core.technique import attached
 from ...families import unwrap_compiled
 from ...kernels.attention import default_tile
-from ...kernels.attention.chunk_window import chunk_window_attention, chunk_window_density
+from ...kernels.attention.chunk_window import (
+    chunk_window_attention,
+    chunk_window_density,
+)
 from ...kernels.attention.naive import sliding_tile_mask
 from ...kernels.linear_attention import linear_attention_features
 

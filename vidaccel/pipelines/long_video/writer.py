@@ -27,8 +27,15 @@ import subprocess
 
 import numpy as np
 
-from ...video import (Mp4Encoder, VideoWriteError, check_output_path, count_frames, deferred_signals, ffmpeg_exe,
-                      temporary_path)
+from ...video import (
+    Mp4Encoder,
+    VideoWriteError,
+    check_output_path,
+    count_frames,
+    deferred_signals,
+    ffmpeg_exe,
+    temporary_path,
+)
 
 logger = logging.getLogger(__name__)
 
