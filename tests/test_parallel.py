@@ -394,6 +394,7 @@ def test_one_video_over_two_ranks_from_the_command_line_is_written_by_rank_0_onl
 
     model = _save_tiny_wan(tmp_path / "model")
     single, parallel = tmp_path / "single", tmp_path / "parallel"
+    single.mkdir()
     parallel.mkdir()
     assert main(["generate", "a red circle", "-o", str(single / "one.mp4"), "--model", model, *_SMALL]) == 0
     capsys.readouterr()

@@ -348,6 +348,10 @@ class Search:
                 best[technique] = (score, cand, m["speedup"])
         return {t: (c, s) for t, (_, c, s) in best.items()}
 
+    def _movable(self, cid: str) -> bool:
+        """Whether candidate ``cid`` has an option with grid neighbours (a preset's fixed options have none)."""
+        return any(self.space.neighbours(o) for _, opts in self.candidate(cid).options for o in opts)
+
     def next_bracket(self) -> list[str]:
         rung, found = self.pool()
         if not found:
@@ -357,7 +361,13 @@ class Search:
         front = layered_front(points)[0] if points else []
         feasible = sorted((c for c in found if self.budget.met(found[c])), key=lambda c: -found[c]["speedup"])
         near = [c for c in front if c not in feasible and points[c][1] >= -max(top_slack, 1.0)]
-        seeds = feasible[:3] + near[:2]
+        # presets are fixed options without grid neighbours: the seeds to move from are the feasible others
+        movable = [c for c in feasible if self._movable(c)]
+        if not movable:  # then move from the lower-rung candidates that met the budget there
+            movable_below = [c for c in self._feasible_below(rung) if self._movable(c)]
+            seeds = movable_below[:3] + near[:2]
+        else:
+            seeds = movable[:3] + near[:2]
         singles = self._single_best()
         roles = self.space.ctx.roles
         new: list[Candidate] = []
@@ -388,9 +398,9 @@ class Search:
             cid = self.register(cand)
             if cid and not self.error(cid):
                 ids.append(cid)
-        if not feasible:
-            # nothing at the top rung meets the budget yet: carry on (once each) the lower-rung candidates that met
-            # it there
+        if not movable:
+            # nothing movable at the top rung meets the budget yet: carry on (once each) the lower-rung candidates
+            # that met it there
             carried = {c for b in self.state.brackets for c in b.get("carried", [])}
             self._carry = [cid for cid in self._feasible_below(rung) if cid not in ids and cid not in carried]
             ids += self._carry
