@@ -147,6 +147,9 @@ COMMANDS = {
         "--seed": (INTS + NEG + [str(2**63), str(2**70)], bad_ints(0, 2**63 - 1)),
         "--fps": (INTS + NEG + ["0", "1001"], bad_ints(1, 1000)),
         "--model": (["afile.txt", "adir", "", "a\x00b"], st.sampled_from(["afile.txt", "adir"])),
+        "--ulysses": (INTS + NEG + ["0", "3"], bad_ints(1, 10_000)),
+        "--ring": (INTS + NEG + ["0", "3"], bad_ints(1, 10_000)),
+        "--prompts": (["missing.txt", "adir", ""], st.sampled_from(["missing.txt", "adir"])),
     }),
     "bench": (["bench"], {
         **SIZE,
@@ -218,6 +221,19 @@ COMMANDS = {
         "--workdir": (["afile.txt", "/nonexistent/x/y"], st.sampled_from(["afile.txt"])),
     }),
     "info": (["info"], {"--jsn": ([""], st.just("")), "--json": (["x"], st.just("x"))}),
+    "tune": (["tune", "--prompt", "a red circle", "--prompt", "a blue square", "--budget", "psnr=30"], {
+        **SIZE,
+        "--budget": (["", "psnr", "psnr=x", "psnr=nan", "psnr=-1", "foo=3", "psnr=30,psnr=31", "ssim=2"],
+                     TEXT.filter(lambda t: "=" not in t)),
+        "--minutes": (FLOATS + NEG + ["0"], bad_floats(0, lo_open=True)),
+        "--output": (["", "t.txt", "adir.json", "/nonexistent/dir/t.json"],
+                     TEXT.filter(lambda t: not t.lower().endswith(".json"))),
+        "--techniques": (["", "cache,warp", "quantize", ","], bad_choice(["cache", "sliding_window", "quant"])),
+        "--seeds": (INTS + NEG + ["0"], bad_ints(1, 10_000)),
+        "--low-steps": (INTS + NEG + ["0"], bad_ints(1, 10_000)),
+        "--prompts": (["missing.txt", "adir", ""], st.sampled_from(["missing.txt", "adir"])),
+        "--adapter": (["missing.safetensors", "adir", "afile.txt"], st.sampled_from(["missing.safetensors", "adir"])),
+    }),
 }
 POSITIONAL = {"source_format": 1, "checkpoint": 2, "out_dir": 3, "model": None}
 CASES = [(cmd, flag) for cmd, (_, flags) in COMMANDS.items() for flag in flags]
