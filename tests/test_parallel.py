@@ -560,3 +560,125 @@ def test_enable_refuses_processors_that_attend_over_their_own_tokens_only():
     ProcessorSwap(family_for(pipe.transformer), pipe.transformer, lambda p, i: wrap_processor(Local, p, i)).attach()
     with pytest.raises(ValueError, match=r"Local \(layer 0 of transformer\) computes attention over this rank's"):
         enable_parallelism(pipe, ParallelConfig(ulysses=2))
+
+
+# -- quantized attention and frame merging under context parallelism -------------------------------------------
+def _quant_cases(kind: str, mode: str) -> list[tuple[str, list]]:
+    from vidaccel import QuantAttentionConfig
+
+    cases = [("quant", [QuantAttentionConfig()]),
+             ("quant-dense-steps", [QuantAttentionConfig(dense_steps=2, dense_layers=[0])])]
+    if mode == "ulysses":  # refused under ring: test_quant_with_sliding_window_under_ring_is_refused
+        cases.append(("quant+sliding-tile", [QuantAttentionConfig(), _sta(kind)]))
+    return cases
+
+
+def _quant_matrix(rank, world, kind, mode):
+    parallel = ParallelConfig(**{mode: 2})
+    single, after = _make(kind), _make(kind)
+    with cpu_device_count_shim():
+        enable_parallelism(after, parallel)
+    dense = _run(single, kind)
+    out = {}
+    for name, configs in _quant_cases(kind, mode):
+        vidaccel.apply(single, *configs)
+        ref = _run(single, kind)
+        stats_single = vidaccel.stats(single)["quant_attention"]
+        vidaccel.remove(single)
+        scale = ref.abs().max().item()
+        row = {"quant_error": (ref - dense).abs().max().item() / scale}
+        vidaccel.apply(after, *configs)
+        row["after"] = (_run(after, kind) - ref).abs().max().item() / scale
+        stats_after = vidaccel.stats(after)["quant_attention"]
+        vidaccel.remove(after)
+        before = _make(kind)
+        vidaccel.apply(before, *configs)
+        with cpu_device_count_shim():
+            enable_parallelism(before, parallel)
+        row["before"] = (_run(before, kind) - ref).abs().max().item() / scale
+        stats_before = vidaccel.stats(before)["quant_attention"]
+        row["same_counts"] = stats_single == stats_after == stats_before
+        row["quantized_calls"] = {role: s["quantized_calls"] for role, s in stats_single.items()}
+        row["sparse_calls"] = {role: s["sparse_calls"] for role, s in stats_single.items()}
+        out[name] = row
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ulysses", "ring"])
+@pytest.mark.parametrize("kind", ["wan21", "cogvideox-1.0"])
+def test_quant_attention_under_context_parallelism_equals_one_process(kind, mode):
+    """Ulysses: every quantization scale and mean is per head and the backend sees whole sequences (CogVideoX's
+    in ``[text; video]`` order), so the error is that of the surrounding ops (0.0 on Wan, ``REASSOCIATION`` on
+    CogVideoX). Ring: K's mean, V's FP8 scale and the INT8 block scales are taken per key chunk, so the result is
+    another quantization of the same attention: it may differ from one process by at most the quantization error
+    itself (``|quantized - exact|`` of one process), fixed before measuring."""
+    results = run_distributed(_quant_matrix, kind, mode, timeout=300)
+    assert results[0] == results[1], "the ranks disagree"
+    for name, row in results[0].items():
+        assert row["same_counts"], f"{name}: the quantized / exact call counts differ from one process"
+        assert all(n > 0 for n in row["quantized_calls"].values()), f"{name}: nothing was quantized"
+        if "sliding" in name:
+            assert all(n > 0 for n in row["sparse_calls"].values()), f"{name}: no windowed call was quantized"
+        assert row["quant_error"] > 1e-4, f"{name} did nothing on {kind}: the test would prove nothing"
+        if mode == "ulysses":
+            tol = 0.0 if kind.startswith("wan") else REASSOCIATION
+        else:
+            tol = row["quant_error"]
+        for order in ("after", "before"):
+            assert row[order] <= tol, f"{kind} {mode} {name} ({order}): {row[order]:.3g} > {tol:.3g}"
+    print(kind, mode, {n: {k: row[k] for k in ("quant_error", "after", "before")} for n, row in results[0].items()})
+
+
+def _refusals(rank, world):
+    from vidaccel import FrameMergeConfig, QuantAttentionConfig
+
+    errors = {}
+    merge = FrameMergeConfig(threshold=float("inf"), max_group=2, merge_at=0.2, split_at=0.8, keep_first=False)
+    quant_sta = [QuantAttentionConfig(), _sta("wan21")]
+    with cpu_device_count_shim():
+        for name, configs, parallel in (("merge", [merge], ParallelConfig(ulysses=2)),
+                                        ("merge-ring", [merge], ParallelConfig(ring=2)),
+                                        ("quant+sta-ring", quant_sta, ParallelConfig(ring=2))):
+            pipe = _make("wan21")  # techniques first: enable_parallelism refuses
+            vidaccel.apply(pipe, *configs)
+            try:
+                enable_parallelism(pipe, parallel)
+            except ValueError as e:
+                errors[f"{name}-before"] = str(e)
+            errors[f"{name}-before-unchanged"] = pipe.transformer._parallel_config is None
+            pipe = _make("wan21")  # parallelism first: apply refuses and changes nothing
+            enable_parallelism(pipe, parallel)
+            try:
+                vidaccel.apply(pipe, *configs)
+            except ValueError as e:
+                errors[f"{name}-after"] = str(e)
+            errors[f"{name}-after-applied"] = vidaccel.applied(pipe)
+            if len(configs) > 1:  # one at a time: the second is refused
+                vidaccel.apply(pipe, configs[0])
+                try:
+                    vidaccel.apply(pipe, configs[1])
+                except ValueError as e:
+                    errors[f"{name}-second"] = str(e)
+                errors[f"{name}-second-applied"] = vidaccel.applied(pipe)
+        pipe = _make("wan21")  # a frame merge that merges nothing runs
+        vidaccel.apply(pipe, FrameMergeConfig(threshold=0.0))
+        enable_parallelism(pipe, ParallelConfig(ring=2))
+        errors["merge-off-runs"] = _run(pipe, "wan21").shape
+    return errors
+
+
+def test_frame_merge_and_quant_with_sliding_window_under_ring_are_refused():
+    errors = run_distributed(_refusals, timeout=200)[0]
+    for name in ("merge", "merge-ring"):
+        for order in ("before", "after"):
+            msg = errors[f"{name}-{order}"]
+            assert "FrameMergeConfig cannot run on transformer" in msg and "need not divide by the 2 ranks" in msg
+    for order in ("before", "after", "second"):
+        msg = errors[f"quant+sta-ring-{order}"]
+        assert "QuantAttentionConfig cannot run" in msg and "ring=2" in msg and "takes no key positions" in msg
+    for name in ("merge", "merge-ring", "quant+sta-ring"):
+        assert errors[f"{name}-before-unchanged"]
+    for name in ("merge", "merge-ring", "quant+sta-ring"):
+        assert errors[f"{name}-after-applied"] == []
+    assert errors["quant+sta-ring-second-applied"] == ["quant_attention"]
+    assert len(errors["merge-off-runs"]) == 5

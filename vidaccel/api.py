@@ -7,6 +7,7 @@ from typing import Any
 
 from .core import technique as registry
 from .core.concurrency import exclusive
+from .core.context_parallel import cp_config
 from .core.pipeline_class import accelerate_pipeline_class, restore_pipeline_class
 from .accel import resolve_accel
 from .core.presets import expand_roles
@@ -74,6 +75,11 @@ def apply(target, *configs: Any):
                     f"technique {name!r} is already applied to {role} ({type(model).__name__}); "
                     f"call vidaccel.remove(target, {cls.config_type.__name__}) first"
                 )
+        cp = cp_config(model)
+        if cp is not None:
+            entries = [(type(t), t.config) for t in registry.attached(model).values()]
+            entries += [(cls, cfg) for cls, (cfg, roles) in zip(classes, plan) if role in roles]
+            registry.check_parallel(role, model, entries, ring=cp.ring_degree, ulysses=cp.ulysses_degree)
     attached: list[tuple[Any, registry.Technique]] = []
     with exclusive(m for _, m in models):  # not while a call on another thread uses these transformers
         try:

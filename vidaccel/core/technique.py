@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Technique", "register_technique", "unregister_technique", "technique_for", "technique_for_type",
            "registered_config_types", "attached", "record", "forget", "applied", "reset", "finish_run", "check_run",
-           "stats"]
+           "stats", "check_parallel"]
 
 _REGISTRY: dict[type, type["Technique"]] = {}
 #: memo key under which a pipeline's ``__deepcopy__`` collects the techniques of its transformers' copies, to
@@ -87,6 +87,15 @@ class Technique:
     def stats(self) -> dict:
         """Counters of the last call (plain Python numbers and lists)."""
         return {}
+
+    @classmethod
+    def parallel_refusal(cls, config: Any, *, ring: int, ulysses: int, techniques: frozenset[str]) -> str | None:
+        """Why ``config`` cannot run under context parallelism over ``ring × ulysses`` ranks alongside
+        ``techniques`` (the names of every technique on the transformer, this one included), or ``None``.
+
+        Asked before anything changes, by ``apply`` on a transformer that already runs context parallelism and by
+        :func:`vidaccel.parallel.enable_parallelism` on one that holds techniques."""
+        return None
 
     # -- what every technique declares about itself (the contract tests run every registered technique) ---
     @classmethod
@@ -282,3 +291,14 @@ def stats(target) -> dict:
     for role, technique in _techniques(target):
         out.setdefault(technique.name, {})[role] = technique.stats()
     return out
+
+
+def check_parallel(role: str, model, entries, *, ring: int, ulysses: int) -> None:
+    """``ValueError`` when one of ``entries`` (``(technique class, config)`` pairs: every technique the
+    transformer ``model`` will hold) refuses context parallelism over ``ring × ulysses`` ranks."""
+    names = frozenset(cls.name for cls, _ in entries)
+    for cls, config in entries:
+        why = cls.parallel_refusal(config, ring=ring, ulysses=ulysses, techniques=names)
+        if why:
+            raise ValueError(f"{cls.config_type.__name__} cannot run on {role} ({type(model).__name__}) under "
+                             f"context parallelism (ulysses={ulysses}, ring={ring}): {why}")

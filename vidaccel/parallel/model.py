@@ -17,6 +17,7 @@ import math
 from ..core.attention_backend import FLASH, backend_member, can_return_lse, select, selected
 from ..core.context_parallel import cp_config
 from ..core.processors import DispatchProcessor, wrap_processor
+from ..core.technique import attached, check_parallel
 from ..families import family_for, pipeline_transformers, supported_model_classes
 from .config import ParallelConfig, as_parallel_config
 
@@ -65,6 +66,8 @@ def _check_model(role: str, model, config: ParallelConfig) -> None:
                 raise ValueError(f"{type(processor).__name__} (layer {i} of {role}) computes attention over this "
                                  "rank's tokens only and does not support context parallelism")
             processor = processor.inner if getattr(processor, "forwards_attention", False) else None
+    check_parallel(role, model, [(type(t), t.config) for t in attached(model).values()], ring=config.ring,
+                   ulysses=config.ulysses)
     heads = model.config.num_attention_heads
     if heads % config.ulysses:
         raise ValueError(f"ParallelConfig.ulysses={config.ulysses} is not allowed for {role} ({name}): its "

@@ -142,6 +142,15 @@ class FrameMergeTechnique(Technique):
             self.model.register_forward_hook(self._post_forward, prepend=True),
         ]
 
+    @classmethod
+    def parallel_refusal(cls, config, *, ring: int, ulysses: int, techniques) -> str | None:
+        if config.threshold <= 0:
+            return None  # merges nothing
+        return (f"merged steps change the token count by whole frames, chosen from the video's motion during the "
+                f"run, so the merged sequence need not divide by the {ring * ulysses} ranks (and its position "
+                f"hooks give whole-sequence tables where diffusers has split them per rank); use frame "
+                f"merging on one GPU, or threshold=0")
+
     def _shared_plan(self) -> _Plan:
         for _, model in pipeline_transformers(self.pipeline):
             other = attached(model).get(self.name)

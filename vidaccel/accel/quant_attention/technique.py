@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import logging
 
+from ...core.attention_backend import dispatch
 from ...core.attention_kernel import clear_attention_kernel, set_attention_kernel
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.steps import StepTracker
 from ...core.technique import Technique, register_technique
 from ...kernels.quant_attention import quant_attention
+from .backend import QUANT_BACKEND, QuantParams
 from .config import QuantAttentionConfig
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,16 @@ class _QuantProcessor(ProcessorWrapper):
                 tech.count(self.layer, "exact")
             return self.inner(attn, *args, **kwargs)
         q, k = inputs.rotated()
-        out = tech.run(q, k, inputs.v, num_text_tokens=inputs.text_len)
+        parallel = self._parallel_config
+        if parallel is None:
+            out = tech.run(q, k, inputs.v, num_text_tokens=inputs.text_len)
+        else:
+            # this rank holds 1/world of the tokens (text and video alike); the backend sees whole sequences
+            # (Ulysses) or meets every rank's keys (ring)
+            cp = parallel.context_parallel_config
+            world = cp.ring_degree * cp.ulysses_degree
+            out = dispatch(q, k, inputs.v, backend=QUANT_BACKEND, parallel_config=parallel,
+                           params=tech.backend_params(inputs.text_len * world))
         tech.count(self.layer, "dense")
         return tech.family.attention_output(attn, out, inputs)
 
@@ -74,7 +85,7 @@ class QuantAttentionTechnique(Technique):
         self._forward_params = list(inspect.signature(type(self.model).forward).parameters)[1:]
         self._steps = StepTracker(self.pipeline)
         self.reset()
-        set_attention_kernel(self.model, self.name, self.kernel)
+        set_attention_kernel(self.model, self.name, self.kernel, parallel=self.parallel_kernel)
         self._handles = [self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)]
         try:
             self.swap = ProcessorSwap(self.family, self.model,
@@ -135,6 +146,29 @@ class QuantAttentionTechnique(Technique):
         out = self.run(q, k, v, num_text_tokens=num_text_tokens, grid=grid, window=window, tile=tile)
         self.count(layer, "sparse" if grid is not None else "dense")
         return out
+
+    def backend_params(self, num_text_tokens: int, grid=None, window=None, tile=None) -> QuantParams:
+        """The ``vidaccel_quant`` parameters of a call (``num_text_tokens``: of the whole sequence)."""
+        cfg = self.config
+        return QuantParams(num_text_tokens, cfg.smooth_q, cfg.pv, cfg.backend, grid, window, tile)
+
+    def parallel_kernel(self, *, layer=None, num_text_tokens=0, grid=None, window=None, tile=None):
+        """The slot's context-parallel entry: ``(backend, params)`` for a call another technique computes, or
+        ``None`` when this step or layer stays exact."""
+        if layer is None:
+            return None
+        if not self.quantized(layer):
+            self.count(layer, "exact")
+            return None
+        self.count(layer, "sparse" if grid is not None else "dense")
+        return QUANT_BACKEND, self.backend_params(num_text_tokens, grid, window, tile)
+
+    @classmethod
+    def parallel_refusal(cls, config, *, ring: int, ulysses: int, techniques) -> str | None:
+        if ring > 1 and "sliding_window" in techniques:
+            return ("with SlidingWindowConfig under ring attention: the quantized kernel takes no key positions, "
+                    "which each ring step's window needs (use Ulysses, or one of the two techniques)")
+        return None
 
     # -- reporting ----------------------------------------------------------------------------------------
     def stats(self) -> dict:

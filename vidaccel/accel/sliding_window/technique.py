@@ -10,7 +10,7 @@ import math
 import torch
 
 from ...core.attention_backend import dispatch
-from ...core.attention_kernel import attention_kernel
+from ...core.attention_kernel import attention_kernel, parallel_attention_kernel
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
 from ...core.technique import Technique, register_technique
 from ...kernels.attention import default_tile, sliding_tile_attention, sliding_tile_density
@@ -58,8 +58,8 @@ class _WindowedProcessor(ProcessorWrapper):
         if parallel is None:
             out = tech.attend(q, k, inputs.v, inputs.text_len, layer=self.layer)
         else:
-            out = dispatch(q, k, inputs.v, backend=STA_BACKEND, parallel_config=parallel,
-                           params=tech.backend_params(inputs.text_len * world))
+            backend, params = tech.parallel_backend(inputs.text_len * world, layer=self.layer)
+            out = dispatch(q, k, inputs.v, backend=backend, parallel_config=parallel, params=params)
         return tech.family.attention_output(attn, out, inputs)
 
 
@@ -222,6 +222,19 @@ class SlidingWindowTechnique(Technique):
         """The ``vidaccel_sta`` parameters of this call (whole-sequence geometry)."""
         return StaParams(self.grid, self.config.window, tuple(min(t, g) for t, g in zip(self.tile, self.grid)),
                          num_text_tokens, self.config.backend)
+
+    def parallel_backend(self, num_text_tokens: int, layer: int | None = None):
+        """``(backend, params)`` of a windowed call under context parallelism (``num_text_tokens``: of the whole
+        sequence): the parallel entry of the model's attention-kernel slot (quantized attention) when it takes the
+        call, else ``vidaccel_sta``."""
+        params = self.backend_params(num_text_tokens)
+        parallel = parallel_attention_kernel(self.model)
+        if parallel is not None:
+            chosen = parallel(layer=layer, num_text_tokens=num_text_tokens, grid=params.grid, window=params.window,
+                              tile=params.tile)
+            if chosen is not None:
+                return chosen
+        return STA_BACKEND, params
 
     def attend(self, q, k, v, num_text_tokens: int, layer: int | None = None):
         """Windowed attention of one call: by the kernel in the model's attention-kernel slot (quantized
