@@ -131,7 +131,8 @@ class ProcessorSwap:
             if self.layers is not None and i not in self.layers:
                 continue
             parent, processor = None, attn.processor
-            while self.innermost and isinstance(processor, ProcessorWrapper):
+            # down to the processor that computes attention (a DispatchProcessor under context parallelism)
+            while self.innermost and getattr(processor, "forwards_attention", False):
                 parent, processor = processor, processor.inner
             self.originals[i] = processor
             self.parents[i] = parent
