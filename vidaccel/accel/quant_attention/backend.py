@@ -18,7 +18,6 @@ blocks restart after the text prefix as they do in one process, runs
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
