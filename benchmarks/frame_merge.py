@@ -11,6 +11,7 @@ The machine is shared: speed figures are noisy; they are medians of interleaved 
 
     python benchmarks/frame_merge.py                    # 17 and 65 frames, 4 prompts, 1 round (~30-60 min)
     python benchmarks/frame_merge.py --quick            # 17 frames, 2 prompts, 8 steps
+    python benchmarks/frame_merge.py --prompts 2        # 17 and 65 frames, a still and a moving object
     python benchmarks/frame_merge.py --record-only      # figures.json from the existing frame_merge.json
 
 Writes benchmarks/results/frame_merge.{json,md} and records the table in benchmarks/results/figures.json.
@@ -34,10 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (add_record_options, describe_machine, in_results, machine,  # noqa: E402
                      print_table, run_date)
 
+#: Ordered so that ``--prompts 2`` keeps a still and a normal-speed object, ``--prompts 3`` adds a slow one.
 PROMPTS = [
     "a red circle staying still on a black background",
-    "a blue square moving slowly up on a gray background",
     "a yellow triangle moving left on a navy background",
+    "a blue square moving slowly up on a gray background",
     "a green square staying still on a navy background",
 ]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -94,6 +96,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, nargs="+", default=[17, 65])
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), choices=range(1, len(PROMPTS) + 1),
+                    metavar=f"1..{len(PROMPTS)}", help="how many of the prompts (still, normal-speed, slow, still)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "frame_merge"))
     add_record_options(ap)
@@ -106,7 +110,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.frames, args.steps, args.repeats = [17], 8, 1
-    prompts = PROMPTS[:2] if args.quick else PROMPTS
+    prompts = PROMPTS[:2] if args.quick else PROMPTS[: args.prompts]
     pipe = vidaccel.load_pipeline("embedded", device="cpu")
     results = []
     for frames in args.frames:
@@ -173,8 +177,8 @@ def record_figures(out: dict) -> None:
     n_prompts = len(out["prompts"])
     record("frame_merge", title="Dynamic latent frame rate (frame merging, VGDFR) beside the caching presets",
            command=out["command"].strip(), machine=describe_machine(out["machine"]), date=run_date(out["machine"]),
-           model=f"embedded shapes-t2v, {out['steps']} steps, {n_prompts} prompts (still, slow and normal-speed "
-                 f"objects), {out['repeats']} interleaved round(s)",
+           model=f"embedded shapes-t2v, {out['steps']} steps, {n_prompts} prompt{'s' if n_prompts > 1 else ''}, "
+                 f"{out['repeats']} interleaved round(s)",
            columns=["frames", "config", "speed-up (denoise)", "speed-up (e2e)", "PSNR dB", "worst PSNR dB", "SSIM",
                     "adherence", "adherence drop", "runs merged", "token frames merged"], rows=rows,
            notes=["Speed-up: median of interleaved per-pair baseline / config denoising-time ratios (e2e: whole "
@@ -184,7 +188,8 @@ def record_figures(out: dict) -> None:
                   "baseline adherence − config adherence.",
                   "Strengths: light = the frame-merge preset (motion threshold 0.35, pairs, merged from 25 % to 50 % "
                   "of the steps); medium = every adjacent pair merged over the same steps; strong = groups of 4 from "
-                  "25 % to 75 %. Medium and strong ignore the measured motion (threshold ∞).", *notes])
+                  "25 % to 75 %. Medium and strong ignore the measured motion (threshold ∞).",
+                  "Prompts: " + "; ".join(out["prompts"]) + ".", *notes])
 
 
 if __name__ == "__main__":
