@@ -43,6 +43,7 @@ TECHNIQUES = {
     "sliding_window": [SlidingWindowConfig(window=(3, 8, 8))],
     "quant fp8": [QuantConfig(format="fp8")],
     "quant nvfp4": [QuantConfig(format="nvfp4")],
+    "quant fp8, measure_sqnr off": [QuantConfig(format="fp8", measure_sqnr="off")],
     "linear_attention": [LinearAttentionConfig(layers=[0], feature_map="elu")],
 }
 
@@ -156,6 +157,9 @@ def record_figures(result: dict) -> None:
                   "first call's arguments, after a warm-up pipeline call. Pipeline columns: a whole call through a "
                   "counting backend (dynamo's graphs run eagerly, no inductor); graphs compiled on the 2nd call are "
                   "recompiles.",
+                  "The quant rows with the default measure_sqnr=\"first_call\" measure per-layer SQNR in the first "
+                  "transformer call of each pipeline call: that call breaks into many graphs (1st-call columns), "
+                  "the later calls, which explain sees, are one graph; measure_sqnr=\"off\" leaves the probe out.",
                   "Most frequent break reasons (explain): " + (" | ".join(reasons) if reasons else "none") + ".",
                   "Counts, not timings, on CPU with the torch of the machine column; on a GPU the techniques take "
                   "their Triton-kernel paths, whose breaks this run does not see."])

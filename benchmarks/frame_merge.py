@@ -175,6 +175,9 @@ def record_figures(out: dict) -> None:
                          f"token frames per prompt: {groups}; smallest adjacent-frame motion measured "
                          f"{num(low, '.2f')} (threshold {out['strengths'][STRENGTHS[0][0]]['threshold']}).")
     n_prompts = len(out["prompts"])
+    if n_prompts < len(PROMPTS) or out["steps"] != 25:
+        notes.insert(0, f"A shortened run ({n_prompts} of the {len(PROMPTS)} prompts, {out['steps']} steps): the "
+                        "default run takes 30-60 minutes on a shared 2-core machine.")
     record("frame_merge", title="Dynamic latent frame rate (frame merging, VGDFR) beside the caching presets",
            command=out["command"].strip(), machine=describe_machine(out["machine"]), date=run_date(out["machine"]),
            model=f"embedded shapes-t2v, {out['steps']} steps, {n_prompts} prompt{'s' if n_prompts > 1 else ''}, "
