@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -55,20 +56,65 @@ def timeit(fn, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> flo
     return statistics.median(times)
 
 
+def fmt(v) -> str:
+    """A table cell: floats to 4 significant digits, missing / None / NaN as —."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return "—" if v is None else str(v)
+
+
 def print_table(rows: list[dict], columns: list[str]) -> str:
     """Print and return a Markdown table of ``rows`` (missing / None / NaN cells as —)."""
-    def fmt(v):
-        if isinstance(v, float):
-            if math.isnan(v):
-                return "—"
-            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
-        return "—" if v is None else str(v)
-
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """This run's command as ``python benchmarks/<script>.py ARGS`` (``argv``: the script's arguments, default
+    ``sys.argv[1:]``), for the ``command`` of a results JSON and of its figures.json section."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", script, *args])
+
+
+def describe_machine(info: dict, threads: bool = True) -> str:
+    """The ``machine`` text of a figures.json section, from a results JSON's :func:`machine` dict (``threads``:
+    name the torch threads; leave them out where the run sets its own per process)."""
+    if info.get("gpu"):
+        device = f"{info['gpu']} GPU"
+    else:
+        device = f"{info.get('cpu_count')}-core {info.get('cpu')} CPU, no GPU"
+    text = f"{device}, torch {info.get('torch')}"
+    n = info.get("torch_threads")
+    if threads and n:
+        text += f", {n} torch thread{'s' if n != 1 else ''}"
+    return text
+
+
+def run_date(info: dict) -> str:
+    """``YYYY-MM-DD`` of a :func:`machine` dict's date."""
+    return str(info["date"])[:10]
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def in_results(path: str) -> bool:
+    """Whether ``path`` lies in benchmarks/results: runs written elsewhere (tests, experiments) are not recorded."""
+    return os.path.commonpath([os.path.abspath(path), RESULTS_DIR]) == RESULTS_DIR
+
+
+def add_record_options(ap) -> None:
+    """``--no-record`` and ``--record-only``: whether a run updates benchmarks/results/figures.json."""
+    ap.add_argument("--no-record", dest="record", action="store_false",
+                    help="do not update benchmarks/results/figures.json (RESULTS.md's source)")
+    ap.add_argument("--record-only", action="store_true",
+                    help="only record the existing results JSON in figures.json, without running anything")
 
 
 def random_wan13(*, smoke: bool, latent: tuple[int, int, int], smoke_layers: int = 2):

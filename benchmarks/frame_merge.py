@@ -11,8 +11,10 @@ The machine is shared: speed figures are noisy; they are medians of interleaved 
 
     python benchmarks/frame_merge.py                    # 17 and 65 frames, 4 prompts, 1 round (~30-60 min)
     python benchmarks/frame_merge.py --quick            # 17 frames, 2 prompts, 8 steps
+    python benchmarks/frame_merge.py --prompts 2        # 17 and 65 frames, a still and a moving object
+    python benchmarks/frame_merge.py --record-only      # figures.json from the existing frame_merge.json
 
-Writes benchmarks/results/frame_merge.{json,md}.
+Writes benchmarks/results/frame_merge.{json,md} and records the table in benchmarks/results/figures.json.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from vidaccel import FrameMergeConfig
 from vidaccel.bench import BenchConfig, run_benchmark
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, print_table  # noqa: E402
+from _common import (add_record_options, describe_machine, in_results, machine,  # noqa: E402
+                     print_table, run_date)
 
+#: Ordered so that ``--prompts 2`` keeps a still and a normal-speed object, ``--prompts 3`` adds a slow one.
 PROMPTS = [
     "a red circle staying still on a black background",
-    "a blue square moving slowly up on a gray background",
     "a yellow triangle moving left on a navy background",
+    "a blue square moving slowly up on a gray background",
     "a green square staying still on a navy background",
 ]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -92,13 +96,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, nargs="+", default=[17, 65])
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), choices=range(1, len(PROMPTS) + 1),
+                    metavar=f"1..{len(PROMPTS)}", help="how many of the prompts (still, normal-speed, slow, still)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "frame_merge"))
+    add_record_options(ap)
     args = ap.parse_args(argv)
+    if args.record_only:
+        with open(args.out + ".json") as f:
+            out = json.load(f)
+        record_figures(out)
+        return out
     torch.set_num_threads(args.threads)
     if args.quick:
         args.frames, args.steps, args.repeats = [17], 8, 1
-    prompts = PROMPTS[:2] if args.quick else PROMPTS
+    prompts = PROMPTS[:2] if args.quick else PROMPTS[: args.prompts]
     pipe = vidaccel.load_pipeline("embedded", device="cpu")
     results = []
     for frames in args.frames:
@@ -119,7 +131,8 @@ def main(argv=None) -> dict:
     out = {"benchmark": "frame_merge", "machine": machine(), "prompts": prompts, "steps": args.steps,
            "repeats": args.repeats, "results": results,
            "strengths": {name: vars(cfg) for name, cfg in STRENGTHS},
-           "command": "python benchmarks/frame_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": " ".join(["python benchmarks/frame_merge.py", *(argv if argv is not None else sys.argv[1:])]),
+           "threads": args.threads}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1, default=str)
@@ -132,7 +145,54 @@ def main(argv=None) -> dict:
                 f"counts as 100 dB), `psnr_min` the worst run; `merged_runs`: runs in which frames were merged.\n\n{table}\n\nMotion the light setting measured "
                 f"(relative L1 between adjacent token frames' predicted clean latents, at the last full-rate step) and "
                 f"the groups it formed / token frames:\n\n{plan_table}\n")
+    if args.record and in_results(args.out):
+        record_figures(json.loads(json.dumps(out, default=str)))
     return out
+
+
+def record_figures(out: dict) -> None:
+    """Put the current table (from a frame_merge.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    def num(v, spec, suffix=""):
+        return "—" if v is None else format(v, spec) + suffix
+
+    def db(v):  # an unchanged video counts as 100 dB
+        return "identical" if v is not None and v >= 100.0 else num(v, ".1f")
+
+    rows, notes = [], []
+    for res in out["results"]:
+        for r in res["rows"]:
+            rows.append([r["frames"], r["config"], num(r["speedup"], ".2f", "×"), num(r["speedup_e2e"], ".2f", "×"),
+                         db(r["psnr"]), db(r["psnr_min"]), num(r["ssim"], ".4f"),
+                         num(r["adherence"], ".3f"), num(r["adherence_drop"], "+.3f"), r.get("merged_runs") or "—",
+                         r.get("token_frames") or "—"])
+        light = [p for p in res["plans"] if p["config"] == STRENGTHS[0][0]]
+        if light:
+            groups = ", ".join(f"{len(p['groups'] or [])}/{len(p['motion'] or []) + 1}" for p in light)
+            low = min((m for p in light for m in (p["motion"] or [])), default=None)
+            notes.append(f"{res['frames']} frames (token grid {tuple(res['grid'])}): the light setting's groups / "
+                         f"token frames per prompt: {groups}; smallest adjacent-frame motion measured "
+                         f"{num(low, '.2f')} (threshold {out['strengths'][STRENGTHS[0][0]]['threshold']}).")
+    n_prompts = len(out["prompts"])
+    if n_prompts < len(PROMPTS) or out["steps"] != 25:
+        notes.insert(0, f"A shortened run ({n_prompts} of the {len(PROMPTS)} prompts, {out['steps']} steps): the "
+                        "default run takes 30-60 minutes on a shared 2-core machine.")
+    record("frame_merge", title="Dynamic latent frame rate (frame merging, VGDFR) beside the caching presets",
+           command=out["command"].strip(), machine=describe_machine(out["machine"]), date=run_date(out["machine"]),
+           model=f"embedded shapes-t2v, {out['steps']} steps, {n_prompts} prompt{'s' if n_prompts > 1 else ''}, "
+                 f"{out['repeats']} interleaved round(s)",
+           columns=["frames", "config", "speed-up (denoise)", "speed-up (e2e)", "PSNR dB", "worst PSNR dB", "SSIM",
+                    "adherence", "adherence drop", "runs merged", "token frames merged"], rows=rows,
+           notes=["Speed-up: median of interleaved per-pair baseline / config denoising-time ratios (e2e: whole "
+                  "call); CPU wall times of the tiny embedded model on a machine shared with other jobs, so noisy, "
+                  "and on a GPU the share of time saved by merging differs. PSNR / SSIM against the baseline of the "
+                  "same prompt and seed, mean over runs (an unchanged run counts as 100 dB); adherence drop = "
+                  "baseline adherence − config adherence.",
+                  "Strengths: light = the frame-merge preset (motion threshold 0.35, pairs, merged from 25 % to 50 % "
+                  "of the steps); medium = every adjacent pair merged over the same steps; strong = groups of 4 from "
+                  "25 % to 75 %. Medium and strong ignore the measured motion (threshold ∞).",
+                  "Prompts: " + "; ".join(out["prompts"]) + ".", *notes])
 
 
 if __name__ == "__main__":

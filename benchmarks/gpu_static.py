@@ -13,6 +13,11 @@ Examples::
     python benchmarks/gpu_static.py                                  # everything, both archs
     python benchmarks/gpu_static.py --ops attention --main-only      # the CI subset
     python benchmarks/gpu_static.py --filter block_sparse/wan480p --archs 90 --out /tmp/gs
+    python benchmarks/gpu_static.py --record-only A.json B.json        # figures.json from existing reports
+
+A run into benchmarks/results without ``--ops`` / ``--filter`` (or ``--record-only`` with the reports that together
+cover every kernel) records the headline of each kernel, its ``main`` cases, in benchmarks/results/figures.json
+(section ``gpu_static``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -121,8 +127,15 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compile processes")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output path without extension (.json and .md are written)")
     ap.add_argument("--render", action="store_true", help="rewrite <out>.md from <out>.json without compiling")
+    ap.add_argument("--no-record", dest="record", action="store_false",
+                    help="do not update benchmarks/results/figures.json (RESULTS.md's source)")
+    ap.add_argument("--record-only", nargs="*", metavar="JSON", default=None,
+                    help="only record the main cases of these reports (default: <out>.json) in figures.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.record_only is not None:
+        record_figures(args.record_only or [args.out + ".json"])
+        return 0
     if args.render:
         with open(args.out + ".json") as f:
             data = json.load(f)
@@ -162,6 +175,8 @@ def main(argv=None) -> int:
     import triton
 
     meta = {"triton": triton.__version__, "archs": archs, "ops": list(modules), "skipped_ops": skipped,
+            "command": " ".join(["python benchmarks/gpu_static.py", *(sys.argv[1:] if argv is None else argv)]),
+            "date": time.strftime("%Y-%m-%d"), "main_only": args.main_only, "filter": args.filter,
             "wall_s": round(wall, 1), "peak_flop_per_clk": static.PEAK_FLOP_PER_CLK,
             "note": "static estimates from code compiled on a CPU machine; not timings"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
@@ -169,8 +184,95 @@ def main(argv=None) -> int:
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
     write_markdown(args.out + ".md", rows, meta, modules)
     logger.info("wrote %s.json and %s.md (%.0f s)", args.out, args.out, wall)
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    in_results = os.path.commonpath([os.path.abspath(args.out), results]) == results
+    if args.record and in_results and not args.ops and not args.filter:
+        record_figures([args.out + ".json"])
+    elif args.record and in_results:
+        logger.info("a partial run (--ops / --filter): not recorded; record it with the reports of the other kernels: "
+                    "python benchmarks/gpu_static.py --record-only A.json B.json ...")
     failed = [r for r in rows if not r.get("compiles")]
     return 1 if failed else 0
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "–"
+    return str(v)
+
+
+def _report_command(path: str, meta: dict) -> str:
+    """The command that wrote ``path`` (reports written before the command was stored: the equivalent one)."""
+    if meta.get("command"):
+        return meta["command"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = os.path.relpath(os.path.abspath(path), root)[: -len(".json")]
+    command = f"python benchmarks/gpu_static.py --ops {','.join(meta['ops'])}"
+    return command + ("" if os.path.abspath(path) == DEFAULT_OUT + ".json" else f" --out {out}")
+
+
+def _report_date(path: str, meta: dict) -> str:
+    """The run's date (reports written before it was stored: the date of the commit that added the file)."""
+    if meta.get("date"):
+        return meta["date"]
+    out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", os.path.abspath(path)], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.abspath(path))).stdout.strip()
+    return out or time.strftime("%Y-%m-%d")
+
+
+def record_figures(paths: list[str]) -> None:
+    """Put each kernel's headline (the ``main`` cases of the reports at ``paths``) into figures.json."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from figures import record
+
+    rows, commands, dates, tritons, ops = [], [], [], set(), []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta = data["meta"]
+        commands.append(_report_command(path, meta))
+        dates.append(_report_date(path, meta))
+        tritons.add(meta["triton"])
+        ops += [op for op in meta["ops"] if op not in ops]
+        for r in data["rows"]:
+            if not r.get("main"):
+                continue
+            if not r.get("compiles"):
+                rows.append([r["case"], f"sm_{r['arch']}", r["config"], "does not compile"] + ["–"] * 9)
+                continue
+            rows.append([r["case"], f"sm_{r['arch']}", r["config"], r["regs"], _cell(r["spill_bytes"]),
+                         f"{r['shared_bytes'] / 1024:.0f}", _cell(r["ctas_per_sm"]),
+                         f"{r['mma_kind'] or 'none'} ({r['loop_mma']})",
+                         f"{_cell(r.get('stages_ahead'))} ({_cell(r.get('loop_async_waits'))})",
+                         _cell(r.get("sync_loads_in_loop")), _cell(r["issue_tensor"]), _cell(r["mufu_tensor"]),
+                         "; ".join(r.get("unmet") or []) or "–"])
+    shapes = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["rows"]:
+                if r.get("main"):
+                    shapes.setdefault(r["case"], r["shape"])
+    record("gpu_static", title="Static GPU report: each kernel's headline (estimates, not timings)",
+           command="; ".join(commands), date=max(dates),
+           machine=f"CPU machine without a GPU, triton {', '.join(sorted(tritons))}: code compiled for sm_90 (H100 / "
+                   "H200) and sm_100 (B200) the way a launch compiles it",
+           model="the main case of each kernel of " + ", ".join(ops) + " (each case's shape in the notes)",
+           columns=["case", "arch", "config", "regs", "spill B", "smem KB", "CTA/SM", "MMA (hot loop)",
+                    "stages ahead (waits)", "sync loads in loop", "issue/tensor", "MUFU/tensor", "unmet"],
+           rows=rows,
+           notes=["Every figure is a static estimate read from code compiled on a CPU machine, never a timing: "
+                  "registers per thread, spills, shared memory, CTAs per SM, the tensor-core instructions of the hot "
+                  "loop, how many iterations ahead its tile loads are issued, synchronous loads left in it, and "
+                  "issue/tensor = warp-instruction issue cycles of one hot-loop iteration over the tensor-core cycles "
+                  "of its MMA work at dense peak (> 1: bound by instruction issue; MUFU/tensor likewise for exp2).",
+                  "Rows: the case each kernel's static_cases() marks main (its headline launch config at a real "
+                  "model shape); unmet = the case's `expect` targets it misses. Every case and config: the Markdown "
+                  "reports beside the JSONs (benchmarks/results/gpu_static*.md) and "
+                  "benchmarks/results/gpu_static_findings.md.",
+                  "Shapes: " + "; ".join(f"{case}: {shape}" for case, shape in shapes.items()) + ".",
+                  "Speed on a GPU: python benchmarks/gpu_acceptance.py."])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@
 
     python benchmarks/keep_original_memory.py             # fp8, 2 layers measured
     python benchmarks/keep_original_memory.py --format nvfp4 --layers 4
+    python benchmarks/keep_original_memory.py --record-only   # figures.json from the existing JSON
 
-Writes benchmarks/results/keep_original_memory.json and .md.
+Writes benchmarks/results/keep_original_memory.json and .md, and records the table in
+benchmarks/results/figures.json.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import WAN13_CONFIG, machine, print_table  # noqa: E402
+from _common import (WAN13_CONFIG, add_record_options, command_line, describe_machine, machine,  # noqa: E402
+                     print_table, run_date)
 
 OPTIONS = ("cpu", "device", "disk", "none")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -105,9 +108,14 @@ def main() -> int:
     ap.add_argument("--format", default="fp8", choices=["fp8", "nvfp4"])
     ap.add_argument("--layers", type=int, default=2, help="layers of the measured model")
     ap.add_argument("--child", nargs=2, metavar=("OPTION", "FOLDER"), help=argparse.SUPPRESS)
+    add_record_options(ap)
     args = ap.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.format)
+        return 0
+    if args.record_only:
+        with open(os.path.join(RESULTS, "keep_original_memory.json")) as f:
+            record_figures(json.load(f))
         return 0
     full = arithmetic(args.format)
     small = arithmetic(args.format, args.layers)
@@ -134,7 +142,8 @@ def main() -> int:
     t1 = print_table(rows, ["keep_original", "host_GB_full_1.3B", "device_GB_full_1.3B"])
     t2 = print_table(measured, ["option", "rss_loaded_mib", "rss_applied_mib", "delta_mib", "expected_delta_mib",
                                 "rss_after_remove_mib"])
-    result = {"benchmark": "keep_original_memory", "machine": machine(), "format": args.format,
+    result = {"benchmark": "keep_original_memory", "command": command_line(), "machine": machine(),
+              "format": args.format,
               "full_wan21_1_3b": full, "measured_model": small, "measured": measured}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "keep_original_memory.json"), "w") as f:
@@ -149,7 +158,47 @@ def main() -> int:
                 f"{t1}\n\nMeasured (VmRSS, fresh process per option) on the same config with {args.layers} layers, "
                 f"loaded from safetensors in bf16; expected delta = quantized weights added, originals freed unless "
                 f"kept (on a CPU 'device' is host memory):\n\n{t2}\n")
+    if args.record:
+        record_figures(result)
     return 0
+
+
+def record_figures(result: dict) -> None:
+    """Put the current table (from a keep_original_memory.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    full, small, fmt = result["full_wan21_1_3b"], result["measured_model"], result["format"]
+    # JSONs written before the command was stored came from this command line
+    command = result.get("command") or (f"python benchmarks/keep_original_memory.py --format {fmt} "
+                                        f"--layers {small['layers']}")
+    measured = {m["option"]: m for m in result["measured"]}
+    rows = []
+    for option in OPTIONS:
+        m = measured[option]
+        back = ("— (remove refuses)" if m["rss_after_remove_mib"] is None
+                else f"{m['rss_after_remove_mib'] - m['rss_loaded_mib']:+.1f}")
+        rows.append([f'"{option}"', f"{full['host_bytes_kept'][option] / 1e9:.3f}",
+                     f"{full['device_bytes_kept'][option] / 1e9:.3f}", f"{m['delta_mib']:+.1f}",
+                     f"{m['expected_delta_mib']:+.1f}", back])
+    params = full["original_weight_bytes"] / 2
+    record("keep_original_memory", title="Quantization: memory kept for remove (keep_original)", command=command,
+           machine=describe_machine(result["machine"], threads=False), date=run_date(result["machine"]),
+           model=f"Wan2.1-T2V-1.3B config, {fmt}: arithmetic on all {full['layers']} layers; measured on the same "
+                 f"config cut to {small['layers']} layers (random weights, bf16 safetensors)",
+           columns=["keep_original", "host GB kept, Wan2.1-1.3B", "device GB kept, Wan2.1-1.3B",
+                    f"measured RSS change at apply, MiB ({small['layers']} layers)", "expected MiB",
+                    "RSS after remove vs loaded, MiB"], rows=rows,
+           notes=[f"Wan2.1-1.3B, {fmt}: {full['quantized_layers']} quantized layers whose bf16 originals (weights and "
+                  f"biases) are {full['original_bytes'] / 1e9:.3f} GB; quantized model "
+                  f"{full['quantized_model_bytes'] / 1e9:.3f} GB, bf16 model {full['model_bf16_bytes'] / 1e9:.3f} GB.",
+                  "Measured: resident memory (VmRSS after gc and malloc_trim) in a fresh process per option, after "
+                  "loading and after vidaccel.apply; expected = quantized weights added, originals freed unless kept. "
+                  "On a CPU the 'device' is host memory, so \"device\" measures what \"cpu\" does; on a GPU it moves "
+                  "that cost to device memory.",
+                  "\"disk\" keeps nothing in memory and re-reads the originals from the loaded safetensors at remove; "
+                  "\"none\" keeps nothing and remove raises."],
+           figures={"cpu": f"{full['host_bytes_kept']['cpu'] / 1e9:.1f} GB for Wan2.1-1.3B's {params / 1e9:.2f} B "
+                           "linear weights"})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ the final latents:
    output as far as the KV/recompute difference does.
 
     python benchmarks/long_video_bf16.py --layers 4
+    python benchmarks/long_video_bf16.py --record-only   # figures.json from the existing JSON
 
-Writes benchmarks/results/long_video_bf16.json and .md.
+Writes benchmarks/results/long_video_bf16.json and .md, and records the table in benchmarks/results/figures.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import WAN13_CONFIG, machine, print_table  # noqa: E402
+from _common import (WAN13_CONFIG, add_record_options, command_line, describe_machine, machine,  # noqa: E402
+                     print_table, run_date)
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -92,7 +94,12 @@ def diff(a, b) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
+    add_record_options(ap)
     args = ap.parse_args()
+    if args.record_only:
+        with open(os.path.join(RESULTS, "long_video_bf16.json")) as f:
+            record_figures(json.load(f))
+        return 0
     warnings.filterwarnings("ignore")
     logging.getLogger("vidaccel").setLevel(logging.ERROR)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -115,7 +122,7 @@ def main() -> int:
                "change below bf16 resolution moves the output as much" if d_paths <= 2 * max(d_truth, d_ulp)
                else "mismatch: the bf16 paths differ by more than bf16 rounding explains")
     print(verdict)
-    result = {"benchmark": "long_video_bf16", "machine": machine(), "layers": args.layers,
+    result = {"benchmark": "long_video_bf16", "command": command_line(), "machine": machine(), "layers": args.layers,
               "model": "random Wan2.1-1.3B-wide block-causal transformer", "rows": rows, "verdict": verdict}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "long_video_bf16.json"), "w") as f:
@@ -124,7 +131,29 @@ def main() -> int:
         f.write(f"# bf16 KV cache vs recompute\n\n`python benchmarks/long_video_bf16.py --layers {args.layers}` — "
                 f"{result['machine']['date']}, torch {result['machine']['torch']}, CPU.\n\n{table}\n\n"
                 f"Verdict: {verdict}.\n")
+    if args.record:
+        record_figures(result)
     return 0
+
+
+def record_figures(result: dict) -> None:
+    """Put the current table (from a long_video_bf16.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    rows = [[r["comparison"], f"{r['frames_rel_max']:.2e}", f"{r['frames_max_abs']:.2e}", f"{r['latents_rel_l2']:.2e}",
+             f"{r['latents_rel_max']:.2e}"] for r in result["rows"]]
+    record("long_video_bf16", title="Rolling-KV long video in bf16: KV cache vs recompute", command=result["command"],
+           machine=describe_machine(result["machine"]), date=run_date(result["machine"]),
+           model=f"{result['model']}, {result['layers']} layers (dim 1536 = 12 heads × 128, ffn 8960), tiny VAE and "
+                 "text encoder; 21 frames at 64×64 px, 3 steps, chunks of 2 latent frames, window covering the video",
+           columns=["comparison", "frames: rel. max diff", "frames: max abs diff", "final latents: rel. L2",
+                    "final latents: rel. max"], rows=rows,
+           notes=["With a window covering the whole video the KV-cache path and the recompute path compute the same "
+                  "function; the question is whether their bf16 difference is rounding (accumulation order) or a "
+                  "mismatch. The fp32 KV path stands for the exact function.",
+                  "The last two rows are the sensitivity: the same path with the initial noise scaled by 1 + 2^-9 "
+                  "(below bf16's resolution of 2^-8), i.e. how far one bf16 rounding of the input moves the output.",
+                  f"Verdict: {result['verdict']}."])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ weights, and the quantized model without LoRA against the plain model for refere
 
     python benchmarks/lora_quant.py            # defaults: 2 prompts, the model's 25 steps
     python benchmarks/lora_quant.py --steps 8  # quicker
+    python benchmarks/lora_quant.py --record-only   # figures.json from the existing lora_quant.json
 
-Writes benchmarks/results/lora_quant.json and .md.
+Writes benchmarks/results/lora_quant.json and .md, and records the table in benchmarks/results/figures.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, print_table  # noqa: E402
+from _common import add_record_options, command_line, describe_machine, machine, print_table, run_date  # noqa: E402
 
 import vidaccel  # noqa: E402
 from vidaccel import QuantConfig  # noqa: E402
@@ -69,7 +70,12 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--std", type=float, default=0.05, help="std of the random lora_B entries")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
+    add_record_options(ap)
     args = ap.parse_args()
+    if args.record_only:
+        with open(os.path.join(RESULTS, "lora_quant.json")) as f:
+            record_figures(json.load(f))
+        return 0
     warnings.filterwarnings("ignore")
     logging.getLogger("vidaccel").setLevel(logging.ERROR)
     prompts = PROMPTS[: args.prompts]
@@ -114,7 +120,8 @@ def main() -> int:
     cols = ["row", "reference", "psnr_db", "ssim", "seconds_per_video"]
     table = print_table(rows, cols)
     print("quantize-then-load frames identical to load-then-quantize:", order_b_identical)
-    result = {"benchmark": "lora_quant", "machine": machine(), "model": "embedded shapes-t2v (fp32, CPU)",
+    result = {"benchmark": "lora_quant", "command": command_line(), "machine": machine(),
+              "model": "embedded shapes-t2v (fp32, CPU)",
               "steps": args.steps, "prompts": prompts, "lora": {"rank": args.rank, "lora_B_std": args.std,
                                                                  "targets": TARGETS, "tensors": n_tensors},
               "rows": rows, "order_b_identical": order_b_identical}
@@ -126,7 +133,33 @@ def main() -> int:
                 f" — {result['machine']['date']}, {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
                 f"torch {result['machine']['torch']}; PSNR/SSIM of the frames, mean over {len(prompts)} prompts.\n\n"
                 f"{table}\n\nQuantize-then-load identical to load-then-quantize: {order_b_identical}\n")
+    if args.record:
+        record_figures(json.loads(json.dumps(result, default=float)))
     return 0
+
+
+def record_figures(result: dict) -> None:
+    """Put the current table (from a lora_quant.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    lora = result["lora"]
+    rows = [[r["row"], r["reference"], f"{r['psnr_db']:.1f}", f"{r['ssim']:.4f}", f"{r['seconds_per_video']:.1f}"]
+            for r in result["rows"]]
+    same = result["order_b_identical"]
+    record("lora_quant", title="LoRA on quantized layers", command=result["command"],
+           machine=describe_machine(result["machine"]), date=run_date(result["machine"]),
+           model=f"{result['model']}, {result['steps']} steps, {len(result['prompts'])} prompts",
+           columns=["row", "reference", "PSNR dB", "SSIM", "s / video"], rows=rows,
+           notes=[f"A random LoRA (peft, rank {lora['rank']}, lora_B entries N(0, {lora['lora_B_std']}²), on "
+                  f"{', '.join(lora['targets'])} of every block), saved with save_lora_weights and loaded with "
+                  "load_lora_weights; PSNR / SSIM of the frames against the reference column (same prompt and seed), "
+                  "mean over the prompts.",
+                  "The LoRA rows measure what quantization adds to a LoRA model; the 'no LoRA' rows, what the same "
+                  "quantization costs the plain model, for comparison. The first row is the LoRA's own effect.",
+                  "Quantizing first and loading the LoRA after gives frames identical to loading first: "
+                  + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()) + ".",
+                  "Seconds are CPU wall times of the whole call on a shared machine; the CPU runs none of the GPU "
+                  "kernels, so they say nothing about GPU speed."])
 
 
 def _row(label, reference, got, ref, prompts):

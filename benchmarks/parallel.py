@@ -22,7 +22,11 @@ Usage::
 
     python benchmarks/parallel.py                  # CPU figures  -> benchmarks/results/parallel_cpu.{json,md}
     python benchmarks/parallel.py --matrix         # differences  -> benchmarks/results/parallel_matrix.{json,md}
+    python benchmarks/parallel.py [--matrix] --record-only   # figures.json from the existing JSON
     torchrun --nproc-per-node 8 benchmarks/parallel.py --gpu --ulysses 8
+
+The CPU and matrix modes also record their tables in benchmarks/results/figures.json (sections ``parallel_cpu``
+and ``parallel_matrix``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # parallel_support: forke
 
 import torch  # noqa: E402
 
-from _common import machine, print_table  # noqa: E402
+from _common import add_record_options, describe_machine, machine, print_table, run_date  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 
@@ -374,8 +378,16 @@ def main() -> None:
     parser.add_argument("--ring", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6, help="timed transformer calls per technique")
     parser.add_argument("--techniques", nargs="*", default=None, help="subset of technique names")
+    add_record_options(parser)
     args = parser.parse_args()
-    command = "python benchmarks/parallel.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/parallel.py", *sys.argv[1:]])
+    if args.record_only:
+        if args.gpu:
+            raise SystemExit("--record-only records the CPU or --matrix figures; GPU runs are not recorded")
+        name = "parallel_matrix" if args.matrix else "parallel_cpu"
+        with open(os.path.join(RESULTS, f"{name}.json")) as f:
+            (record_matrix if args.matrix else record_cpu)(json.load(f))
+        return
     if args.matrix:
         result = matrix_mode()
         rows = [{"family / mode": key, "technique": name, "rel. max diff": v["rel_max_diff"],
@@ -383,6 +395,9 @@ def main() -> None:
                 for name, v in per.items()]
         table = print_table(rows, ["family / mode", "technique", "rel. max diff", "technique's own effect"])
         _write("parallel_matrix", {"matrix": result}, table, command, MATRIX_NOTE)
+        if args.record:
+            with open(os.path.join(RESULTS, "parallel_matrix.json")) as f:
+                record_matrix(json.load(f))
     elif args.gpu:
         result = gpu_mode(args)
         if result is not None:
@@ -397,6 +412,74 @@ def main() -> None:
         table = print_table(result["rows"], ["run", "technique", "step_s", "speed-up vs 1 process 1 thread",
                                              "comm_share", "comm_MB/step", "peak_RSS_MB/rank"])
         _write("parallel_cpu", result, table, command)
+        if args.record and not args.techniques:
+            with open(os.path.join(RESULTS, "parallel_cpu.json")) as f:
+                record_cpu(json.load(f))
+
+
+def record_cpu(doc: dict) -> None:
+    """Put the CPU table (from a parallel_cpu.json) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    def num(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    rows = [[r["run"], r["technique"], num(r["step_s"], ".3f"), num(r["speed-up vs 1 process 1 thread"], ".2f") + "×",
+             num(r["comm_share"], ".0%"), num(r["comm_MB/step"], ".2f"), num(r["peak_RSS_MB/rank"], ".0f")]
+            for r in doc["rows"]]
+    notes = [TIMING_NOTE,
+             "Workload: a random-weight Wan-shaped transformer (4 layers, 4 heads × 64, ffn 1024), 1,024 tokens, "
+             "fp32; time per denoising step = median of the timed transformer calls after a warm-up run; "
+             "collectives timed synchronously (comm share = their time over the step's) and sized by their input "
+             "tensors; peak RSS of rank 0 (each run in its own forked process)."]
+    one = {r["technique"]: r["step_s"] for r in doc["rows"] if r["run"] == "1 process, 1 thread"}
+    two = {r["technique"]: r["step_s"] for r in doc["rows"] if r["run"] == "1 process, 2 threads"}
+    slower = [two[k] / one[k] for k in two if k in one and two[k] > one[k]]
+    if slower:
+        notes.append(f"One process with 2 threads ran {min(slower):.1f}–{max(slower):.1f}× slower than with 1 "
+                     f"thread for {len(slower)} of {len(two)} techniques; the 2 cores were shared with other jobs, so "
+                     "those rows show contention for the cores, not what a second thread gives.")
+    record("parallel_cpu", title="Context parallelism on CPU: time, communication and memory per rank",
+           command=doc["command"].strip(), machine=describe_machine(doc["machine"], threads=False),
+           date=run_date(doc["machine"]),
+           model="random-weight Wan-shaped transformer, 4 layers, 1,024 tokens, fp32; 2 gloo processes of 1 thread",
+           columns=["run", "technique", "s / step", "speed-up vs 1 process, 1 thread", "comm share", "comm MB / step",
+                    "peak RSS MB / rank"], rows=rows, notes=notes)
+
+
+def record_matrix(doc: dict) -> None:
+    """Put a per-family summary of the difference matrix (from a parallel_matrix.json) into figures.json."""
+    from figures import record
+
+    matrix = doc["matrix"]
+    rows = []
+    for key, per in matrix.items():
+        diffs = {name: v["rel_max_diff"] for name, v in per.items()}
+        exact = sum(d == 0 for d in diffs.values())
+        other = {n: d for n, d in diffs.items() if n != "fp8"}
+        worst = max(other, key=other.get)
+        effects = [v["technique_effect"] for n, v in per.items() if v["technique_effect"] > 0]
+        rows.append([key, len(diffs), exact, f"{other[worst]:.1e} ({worst})",
+                     f"{diffs['fp8']:.1e}" if "fp8" in diffs else "—", f"{min(effects):.1e}" if effects else "—"])
+    every = [(key, name, v["rel_max_diff"]) for key, per in matrix.items() for name, v in per.items()]
+    wan_ulysses = [d for key, name, d in every if key.startswith("wan") and key.endswith("/ ulysses")]
+    rest = [d for key, name, d in every if name != "fp8" and not (key.startswith("wan") and key.endswith("/ ulysses"))]
+    fp8 = [d for key, name, d in every if name == "fp8"]
+    inexact_wan = [d for d in wan_ulysses if d > 0]
+    summary = (f"bit-identical for Wan under Ulysses in {len(wan_ulysses) - len(inexact_wan)} of {len(wan_ulysses)} "
+               "cases" + (f", the others ≤ {max(inexact_wan):.1e} relative" if inexact_wan else "")
+               + f"; ≤ {max(rest):.1e} relative elsewhere, except FP8 with dynamic activations (up to "
+               f"{max(fp8):.1e})")
+    record("parallel_matrix", title="Context parallelism: difference to one process, every technique and family",
+           command=doc["command"].strip(), machine=describe_machine(doc["machine"], threads=False),
+           date=run_date(doc["machine"]),
+           model="tiny random-weight pipelines of vidaccel.testing (Wan 2.1, Wan 2.2 with both experts, CogVideoX 1.0 "
+                 "/ 1.5), fp32, 2 gloo ranks (4 for ring 2 × Ulysses 2)",
+           columns=["family / mode", "techniques", "bit-identical", "largest rel. max diff but FP8 (technique)",
+                    "FP8 (dynamic activations) rel. max diff", "smallest technique effect, for scale"], rows=rows,
+           notes=[MATRIX_NOTE, f"Summary: {summary}.",
+                  "Per-technique figures: benchmarks/results/parallel_matrix.md (from the same JSON)."],
+           figures={"summary": summary})
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ softmax is flat and the FP8 rounding of P and V shows fully: a pessimistic case 
   :func:`vidaccel.kernels.quant_attention.quant_attention_naive`: relative L2, max abs, the fraction of query
   rows off by more than 1e-5 (FP8 rounding ties flipped by 1-ulp differences), and the log-sum-exp.
 
-Example::
+Writes ``<out>.md`` and ``<out>.json`` and records the tables in benchmarks/results/figures.json. Example::
 
     python benchmarks/quant_attention_error.py --out benchmarks/results/quant_attention_kernel
+    python benchmarks/quant_attention_error.py --record-only     # figures.json from the existing <out>.json
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import torch  # noqa: E402
 from vidaccel.kernels.attention.naive import sliding_tile_mask  # noqa: E402
 from vidaccel.kernels.quant_attention import quant_attention, quant_attention_naive  # noqa: E402
 
-from _common import machine, print_table  # noqa: E402  (benchmarks/)
+from _common import (add_record_options, describe_machine, in_results, machine,  # noqa: E402  (benchmarks/)
+                     print_table, run_date)
 
 # (tokens, sliding-tile grid, window, tile)
 SHAPES = {
@@ -63,7 +65,12 @@ def main(argv=None) -> None:
                     help="path prefix of the .md and .json written")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heads", type=int, default=2)
+    add_record_options(ap)
     args = ap.parse_args(argv)
+    if args.record_only:
+        with open(args.out + ".json") as f:
+            record_figures(json.load(f))
+        return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     exact_rows, spec_rows = [], []
     for L in (63, 1000):
@@ -118,10 +125,47 @@ def main(argv=None) -> None:
     with open(args.out + ".md", "w") as f:
         f.write(md)
     with open(args.out + ".json", "w") as f:
-        json.dump({"machine": info, "commit": commit, "command": command.strip(), "seed": args.seed,
-                   "shapes": {str(k): v for k, v in SHAPES.items()}, "vs_exact": exact_rows, "vs_spec": spec_rows},
-                  f, indent=1)
+        result = {"machine": info, "commit": commit, "command": command.strip(), "seed": args.seed,
+                  "heads": args.heads, "shapes": {str(k): v for k, v in SHAPES.items()}, "vs_exact": exact_rows,
+                  "vs_spec": spec_rows}
+        json.dump(result, f, indent=1)
     print(f"\nwrote {args.out}.md and .json", file=sys.stderr)
+    if args.record and in_results(args.out):
+        record_figures(json.loads(json.dumps(result)))
+
+
+def record_figures(result: dict) -> None:
+    """Put the current tables (from a quant_attention_error JSON) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    rows = [[r["tokens"], r["head_dim"], r["mode"], f"{r['density']:.3f}" if "density" in r else "1",
+             f"{r['fp8 rel_l2']:.4f}", f"{r['fp8 max_abs']:.4f}", f"{r['bf16 rel_l2']:.4f}", f"{r['bf16 max_abs']:.4f}",
+             f"{r['fp8 lse max_abs']:.4f}", f"{r['bf16 SDPA rel_l2']:.4f}"] for r in result["vs_exact"]]
+    spec = []
+    for backend in ("triton", "torch"):
+        mine = [r for r in result["vs_spec"] if r["backend"] == backend]
+        spec.append(f"{backend}: relative L2 ≤ {max(r['rel_l2'] for r in mine):.1e}, max abs ≤ "
+                    f"{max(r['max_abs'] for r in mine):.1e}, query rows off by more than 1e-5 ≤ "
+                    f"{max(r['rows off >1e-5'] for r in mine):.1%}, log-sum-exp ≤ "
+                    f"{max(r['lse max_abs'] for r in mine):.1e}")
+    heads = result.get("heads", 2)
+    record("quant_attention_error", title="Quantized attention kernel: error against exact attention and the spec",
+           command=result["command"], machine=describe_machine(result["machine"]), date=run_date(result["machine"]),
+           model=f"random data: q, k ~ N(0, 1) plus a per-channel offset N(0, 1), v ~ N(0, 1); B = 1, {heads} heads, "
+                 f"fp32 inputs, seed {result['seed']} (commit {result['commit']})",
+           columns=["tokens", "head dim", "mode", "density", "FP8 P·V rel. L2", "FP8 P·V max abs",
+                    "bf16 P·V rel. L2", "bf16 P·V max abs", "log-sum-exp max abs", "bf16 SDPA rel. L2"], rows=rows,
+           notes=["Against exact fp32 softmax attention (the same sliding-tile mask for sliding-tile rows); "
+                  "INT8 Q·Kᵀ with smoothing in every column but the last, which is plain SDPA on the inputs cast to "
+                  "bf16, for scale. Gaussian data gives a flat softmax in which the FP8 rounding of P and V shows "
+                  "fully: a pessimistic case for the output error.",
+                  "Backends against the spec (quant_attention_naive), worst row of "
+                  f"{len(result['vs_spec']) // 2} each — " + "; ".join(spec) + ". The Triton kernel ran under "
+                  "TRITON_INTERPRET=1 on CPU; a row is off where a 1-ulp difference in fp32 moved a value across a "
+                  "rounding step of its INT8 / FP8 / bf16 quantization.",
+                  "Sliding-tile shapes: " + "; ".join(f"{L} tokens: grid {tuple(s['grid'])}, window "
+                                                       f"{tuple(s['window'])}, tile {tuple(s['tile'])}"
+                                                       for L, s in result["shapes"].items()) + "."])
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@
 
     python benchmarks/tune.py                                   # the full run (~20 min tuning + ~10 min comparison)
     python benchmarks/tune.py --minutes 4 --quick --steps 10    # a shortened run (fewer prompts and peers)
+    python benchmarks/tune.py --name tune_short --record-only --note "..."   # figures.json from <name>.json
 
 Writes benchmarks/results/<name>.json and <name>.md (default name ``tune``), the tuner's files
 (tuned.json / .md / .png / .state.json) and the comparison's bench.json / .md / .png in
-benchmarks/results/<name>/. Re-running with the same arguments resumes an interrupted tuning session.
+benchmarks/results/<name>/, and records the comparison in benchmarks/results/figures.json (section ``tune``).
+Re-running with the same arguments resumes an interrupted tuning session.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import machine  # noqa: E402
+from _common import add_record_options, describe_machine, machine, run_date  # noqa: E402
 
 TUNE_PROMPTS = [
     "a red circle moving right on a black background",
@@ -119,7 +121,16 @@ def main() -> None:
     ap.add_argument("--model", default="embedded", help="embedded (default) or a pipeline folder (to exercise the "
                                                       "script on a tiny model)")
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    add_record_options(ap)
+    ap.add_argument("--note", action="append", default=[],
+                    help="a note to record beside the figures (what the JSON cannot say, e.g. the machine's load); "
+                         "repeatable")
     args = ap.parse_args()
+    if args.record_only:
+        results = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        with open(os.path.join(results, f"{args.name}.json")) as f:
+            record_figures(json.load(f), args.note)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -208,6 +219,49 @@ def main() -> None:
     with open(os.path.join(results, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.record and not args.out and args.model == "embedded":
+        with open(os.path.join(results, f"{args.name}.json")) as f:
+            record_figures(json.load(f), args.note)
+
+
+def record_figures(doc: dict, extra_notes: list[str] = ()) -> None:
+    """Put the comparison (from a tune.py results JSON) into figures.json, RESULTS.md's source."""
+    from figures import record
+
+    def num(v, spec, suffix=""):
+        return v if isinstance(v, str) else format(v, spec) + suffix
+
+    rows = []
+    for r in doc["rows"]:
+        psnr = "identical" if r["name"] == "baseline" else num(r["psnr"], ".2f")
+        rows.append([r["name"], r["kind"], num(r["denoise_s"], ".1f"), num(r["speedup"], ".2f", "×"),
+                     num(r["speedup_e2e"], ".2f", "×"), psnr, num(r["ssim"], ".4f"), num(r["adherence"], ".3f")])
+    goal, tuned = doc["verdict"], doc["tuned_preset"]
+    search = tuned.get("search") or {}
+    kw = doc["call_kwargs"]
+    notes = [f"Tuned: {tuned.get('label')} (budget PSNR ≥ {goal['budget_psnr']:g} dB; {search.get('runs')} runs of "
+             f"{search.get('candidates')} candidates in {search.get('elapsed_s', 0) / 60:.1f} of "
+             f"{search.get('time_limit_s', 0) / 60:g} minutes, on {len(doc['tune_prompts'])} tuning prompts). "
+             f"Compared on {len(doc['eval_prompts'])} prompts the tuner never saw, seed {doc['seed']}, "
+             f"{doc['repeats']} interleaved round(s), with every built-in preset and the peers.",
+             f"Goal (tuned meets the budget on the unseen prompts and is at least as fast as the fastest preset that "
+             f"meets it): {'met' if goal['goal_tuned_at_least_as_fast_as_best_preset'] else 'not met'}; fastest "
+             f"preset meeting it: {_name(goal['best_preset_meeting_budget'])}; fastest peer meeting "
+             f"it: {_name(goal['best_peer_meeting_budget'])}.",
+             "Speed-up: median of interleaved per-pair baseline / config denoising-time ratios (e2e: whole call); "
+             "CPU wall times of the tiny embedded model, where FP8 / NVFP4 run no GPU kernel."]
+    shortened = kw.get("num_inference_steps") != 25 or len(doc["eval_prompts"]) < len(EVAL_PROMPTS) \
+        or search.get("time_limit_s", 0) < 20 * 60
+    if shortened:
+        notes.append("A shortened run (fewer steps, prompts, rounds or minutes than `python benchmarks/tune.py`): it "
+                     "shows that the command runs end to end, not how the tuned configuration compares.")
+    notes += list(extra_notes)
+    record("tune", title="vidaccel tune against the presets and peers", command=doc["command"],
+           machine=describe_machine(doc["machine"]), date=run_date(doc["machine"]),
+           model=f"embedded shapes-t2v, {kw.get('num_inference_steps')} steps, {kw.get('num_frames')} frames "
+                 f"{kw.get('width')}×{kw.get('height')}",
+           columns=["config", "kind", "denoise s", "speed-up (denoise)", "speed-up (e2e)", "PSNR dB", "SSIM",
+                    "adherence"], rows=rows, notes=notes)
 
 
 def _brief(m):

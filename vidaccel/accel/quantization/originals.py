@@ -7,7 +7,7 @@
   remove each layer is read back from them, cast to the dtype it had, and put where the quantized layer was.
 * ``"none"``: nothing kept; :func:`vidaccel.remove` raises, naming what to do instead.
 
-Host memory per option on Wan2.1-T2V-1.3B: ``benchmarks/results/keep_original_memory.md``.
+Host memory per option on Wan2.1-T2V-1.3B: ``benchmarks/RESULTS.md`` (section keep_original).
 """
 
 from __future__ import annotations
