@@ -412,8 +412,9 @@ class Search:
                     ids.append(cid)
         return ids
 
-    def _feasible_below(self, top: int) -> list[str]:
-        """Candidates that met the budget at the highest rung they completed, below rung ``top``, fastest first."""
+    def _feasible_below(self, top: int, faster_than: float | None = None) -> list[str]:
+        """Candidates that met the budget at the highest rung they completed, below rung ``top``, fastest first
+        (only those with a speed-up above ``faster_than`` there, when given)."""
         out = []
         for cid in self.ids():
             if self.error(cid):
@@ -421,7 +422,7 @@ class Search:
             for rung in reversed(range(top)):
                 m = self.metrics(cid, self.cells(rung))
                 if m is not None and m["complete"]:
-                    if self.budget.met(m):
+                    if self.budget.met(m) and (faster_than is None or m["speedup"] > faster_than):
                         out.append((m["speedup"], cid))
                     break
         return [cid for _, cid in sorted(out, reverse=True)]
@@ -468,10 +469,13 @@ class Search:
 
     def validate(self) -> str | None:
         """Held-out validation of the fastest configurations meeting the budget; the chosen id or ``None``."""
-        _, found = self.pool()
+        rung, found = self.pool()
         # a configuration no faster than the plain pipeline is never chosen: applying nothing beats it
         order = sorted((c for c in found if self.budget.met(found[c]) and found[c]["speedup"] > 1.0),
                        key=lambda c: -found[c]["speedup"])
+        # then those that met the budget on fewer cells (the time ended before they were promoted, or promotion
+        # preferred others): the held-out check still decides
+        order += [c for c in self._feasible_below(rung, faster_than=1.0) if c not in order]
         done = {v["id"]: v for v in self.state.validation}
         for cid in order[: self.max_validations]:
             if cid not in done:
