@@ -167,6 +167,14 @@ def record_figures(out: dict) -> None:
                          db(r["psnr"]), db(r["psnr_min"]), num(r["ssim"], ".4f"),
                          num(r["adherence"], ".3f"), num(r["adherence_drop"], "+.3f"), r.get("merged_runs") or "—",
                          r.get("token_frames") or "—"])
+        merge_only = [r for r in res["rows"] if r["config"] in dict(STRENGTHS)]
+        fastest = max(merge_only, key=lambda r: r["speedup"])
+        cache = [r for r in res["rows"] if r["config"].startswith("cache preset")]
+        notes.append(f"{res['frames']} frames: the fastest merge setting alone, {fastest['config'].split(' (')[0]}, "
+                     f"{fastest['speedup']:.2f}× at {db(fastest['psnr'])} dB (runs merged "
+                     f"{fastest['merged_runs']}); the caching presets "
+                     + ", ".join(f"{r['config'].split()[-1]} {r['speedup']:.2f}× at {db(r['psnr'])} dB" for r in cache)
+                     + ".")
         light = [p for p in res["plans"] if p["config"] == STRENGTHS[0][0]]
         if light:
             groups = ", ".join(f"{len(p['groups'] or [])}/{len(p['motion'] or []) + 1}" for p in light)
@@ -183,7 +191,7 @@ def record_figures(out: dict) -> None:
            model=f"embedded shapes-t2v, {out['steps']} steps, {n_prompts} prompt{'s' if n_prompts > 1 else ''}, "
                  f"{out['repeats']} interleaved round(s)",
            columns=["frames", "config", "speed-up (denoise)", "speed-up (e2e)", "PSNR dB", "worst PSNR dB", "SSIM",
-                    "adherence", "adherence drop", "runs merged", "token frames merged"], rows=rows,
+                    "adherence", "adherence drop", "runs merged", "token frames while merged (last run)"], rows=rows,
            notes=["Speed-up: median of interleaved per-pair baseline / config denoising-time ratios (e2e: whole "
                   "call); CPU wall times of the tiny embedded model on a machine shared with other jobs, so noisy, "
                   "and on a GPU the share of time saved by merging differs. PSNR / SSIM against the baseline of the "
