@@ -69,6 +69,24 @@ def _to_mma(x, DOT_DTYPE: tl.constexpr, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _hedgehog_projection(x, we_hi, we_lo, wo_hi, wo_lo, DOT_DTYPE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Hedgehog's projection ``x @ W`` as even / odd output columns, ``W`` as 16-bit hi + lo parts (two MMAs
+    each, fp32 accumulation; fp32 IEEE dots under the interpreter)."""
+    xm = _to_mma(x, DOT_DTYPE, DOT_F32)
+    if DOT_F32:
+        y_e = tl.dot(xm, we_hi.to(tl.float32), input_precision="ieee")
+        y_e += tl.dot(xm, we_lo.to(tl.float32), input_precision="ieee")
+        y_o = tl.dot(xm, wo_hi.to(tl.float32), input_precision="ieee")
+        y_o += tl.dot(xm, wo_lo.to(tl.float32), input_precision="ieee")
+    else:
+        y_e = tl.dot(xm, we_hi)
+        y_e += tl.dot(xm, we_lo)
+        y_o = tl.dot(xm, wo_hi)
+        y_o += tl.dot(xm, wo_lo)
+    return y_e, y_o
+
+
+@triton.jit
 def _state_kernel(K, V, KD, S, Z,
                   stride_kb, stride_kl, stride_kh, stride_vb, stride_vl, stride_vh,
                   stride_db, stride_dl, stride_dh,
@@ -219,17 +237,7 @@ def _fused_state_kernel(K, V, WE, WO, BE, BO, COS, SIN, S, Z,
         keep = ml[:, None] & mp[None, :]
         # ---- features φ (fp32, even / odd halves) of group g; zero on masked tokens and features
         if FEATURE == 3:
-            xm = _to_mma(x, DOT_DTYPE, DOT_F32)
-            if DOT_F32:
-                y_e = tl.dot(xm, we_hi.to(tl.float32), input_precision="ieee")
-                y_e += tl.dot(xm, we_lo.to(tl.float32), input_precision="ieee")
-                y_o = tl.dot(xm, wo_hi.to(tl.float32), input_precision="ieee")
-                y_o += tl.dot(xm, wo_lo.to(tl.float32), input_precision="ieee")
-            else:
-                y_e = tl.dot(xm, we_hi)
-                y_e += tl.dot(xm, we_lo)
-                y_o = tl.dot(xm, wo_hi)
-                y_o += tl.dot(xm, wo_lo)
+            y_e, y_o = _hedgehog_projection(x, we_hi, we_lo, wo_hi, wo_lo, DOT_DTYPE, DOT_F32)
             t_e = tl.where(mp[None, :], sign * (y_e + be[None, :]), _NEG)
             t_o = tl.where(mp[None, :], sign * (y_o + bo[None, :]), _NEG)
             m = tl.maximum(tl.reduce(t_e, 1, _max_combine), tl.reduce(t_o, 1, _max_combine))
@@ -338,17 +346,7 @@ def _fused_output_kernel(Q, WE, WO, BE, BO, COS, SIN, S, Z, O,
             cs = tl.load(COS + r_off, mask=keep, other=0.0)
             sn = tl.load(SIN + r_off, mask=keep, other=0.0)
         if FEATURE == 3:
-            xm = _to_mma(x, DOT_DTYPE, DOT_F32)
-            if DOT_F32:
-                y_e = tl.dot(xm, we_hi.to(tl.float32), input_precision="ieee")
-                y_e += tl.dot(xm, we_lo.to(tl.float32), input_precision="ieee")
-                y_o = tl.dot(xm, wo_hi.to(tl.float32), input_precision="ieee")
-                y_o += tl.dot(xm, wo_lo.to(tl.float32), input_precision="ieee")
-            else:
-                y_e = tl.dot(xm, we_hi)
-                y_e += tl.dot(xm, we_lo)
-                y_o = tl.dot(xm, wo_hi)
-                y_o += tl.dot(xm, wo_lo)
+            y_e, y_o = _hedgehog_projection(x, we_hi, we_lo, wo_hi, wo_lo, DOT_DTYPE, DOT_F32)
             y_e += be[None, :]
             y_o += bo[None, :]
         else:
