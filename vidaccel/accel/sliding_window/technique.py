@@ -12,8 +12,13 @@ import torch
 from ...core.attention_backend import dispatch
 from ...core.attention_kernel import attention_kernel, parallel_attention_kernel
 from ...core.processors import ProcessorSwap, ProcessorWrapper, wrap_processor
+from ...core.steps import StepTracker
 from ...core.technique import Technique, register_technique
-from ...kernels.attention import default_tile, sliding_tile_attention, sliding_tile_density
+from ...kernels.attention import (
+    default_tile,
+    sliding_tile_attention,
+    sliding_tile_density,
+)
 from ...kernels.attention.naive import window_in_tiles
 from .backend import STA_BACKEND, StaParams
 from .config import SlidingWindowConfig
@@ -113,8 +118,7 @@ class SlidingWindowTechnique(Technique):
         self.grid: tuple[int, int, int] | None = None
         self._text_len = 0  # text tokens leading the sequence (CogVideoX), from the last windowed call
         self.step = 0
-        self._last_t: float | None = None
-        self._bare_step = 0
+        self._steps = StepTracker(self.pipeline)
         self._prev_step: int | None = None
         self._sparse_step = False
         self._call_in_step = 0
@@ -134,26 +138,13 @@ class SlidingWindowTechnique(Technique):
         pos = self._forward_params.index(name)
         return args[pos] if pos < len(args) else None
 
-    def _step_index(self, timestep) -> int:
-        t = float(timestep.detach().float().max()) if isinstance(timestep, torch.Tensor) else float(timestep or 0.0)
-        timesteps = getattr(getattr(self.pipeline, "scheduler", None), "timesteps", None)
-        if isinstance(timesteps, torch.Tensor) and timesteps.numel():
-            return int((timesteps.detach().float().cpu() - t).abs().argmin())
-        # bare model: count distinct timesteps; a rising timestep starts a new run
-        if self._last_t is None or t > self._last_t:
-            self._bare_step = 0
-        elif t != self._last_t:
-            self._bare_step += 1
-        self._last_t = t
-        return self._bare_step
-
     def _pre_forward(self, module, args, kwargs):
         if self._dense_branch:
             return None
         cfg = self.config
         hidden_states = self._arg("hidden_states", args, kwargs)
         self.grid = self.family.input_grid(self.model, hidden_states)
-        step = self._step_index(self._arg("timestep", args, kwargs))
+        step = self._steps.step(self._arg("timestep", args, kwargs))
         self._call_in_step = self._call_in_step + 1 if step == self._prev_step else 0
         self.step = self._prev_step = step
         self._sparse_step = step >= cfg.dense_steps
