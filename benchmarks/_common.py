@@ -140,3 +140,26 @@ def random_wan13(*, smoke: bool, latent: tuple[int, int, int], smoke_layers: int
     text = torch.randn(1, 16 if smoke else 512, cfg["text_dim"], device=device, dtype=dtype)
     t = torch.tensor([500.0], device=device)
     return model, x, text, t, device
+
+
+def wan13_random_setup(ctx, smoke_latent_frames: int):
+    """A random-weight Wan2.1-1.3B transformer of the real config at 480p×81 (a 2-layer toy under ``ctx.smoke``),
+    with random text embeddings for both CFG branches, the initial noise and Wan's UniPC flow scheduler:
+    ``(model, cond, uncond, x0, scheduler, dtype)``."""
+    import torch
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+
+    cfg = dict(WAN13_CONFIG)
+    latent = WAN13_LATENTS["480p"]
+    if ctx.smoke:
+        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2, text_dim=32)
+        latent = (smoke_latent_frames, 8, 12)  # token grid (frames, 4, 6)
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(ctx.device):
+        model = WanTransformer3DModel(**cfg).to(dtype).eval()
+    text_len = 16 if ctx.smoke else 512
+    cond, uncond = (torch.randn(1, text_len, cfg["text_dim"], device=ctx.device, dtype=dtype) for _ in range(2))
+    x0 = torch.randn(1, 16, *latent, device=ctx.device, dtype=torch.float32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return model, cond, uncond, x0, scheduler, dtype

@@ -303,22 +303,9 @@ def e2e_configs(smoke: bool) -> dict:
 
 def wan_e2e(ctx: Ctx, steps: int, names: list[str] | None, deadline: float) -> list[dict]:
     import vidaccel
-    from _common import WAN13_CONFIG, WAN13_LATENTS
-    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+    from _common import wan13_random_setup
 
-    cfg = dict(WAN13_CONFIG)
-    latent = WAN13_LATENTS["480p"]
-    if ctx.smoke:
-        cfg.update(num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2, text_dim=32)
-        latent = (3, 8, 12)  # token grid (3, 4, 6)
-    dtype = torch.float32 if ctx.smoke else torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(ctx.device):
-        model = WanTransformer3DModel(**cfg).to(dtype).eval()
-    text_len = 16 if ctx.smoke else 512
-    cond, uncond = (torch.randn(1, text_len, cfg["text_dim"], device=ctx.device, dtype=dtype) for _ in range(2))
-    x0 = torch.randn(1, 16, *latent, device=ctx.device, dtype=torch.float32)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    model, cond, uncond, x0, scheduler, dtype = wan13_random_setup(ctx, smoke_latent_frames=3)
 
     def loop():
         scheduler.set_timesteps(steps, device=ctx.device)
@@ -355,7 +342,7 @@ def wan_e2e(ctx: Ctx, steps: int, names: list[str] | None, deadline: float) -> l
             rows.append(dict(run=name, skipped="time budget (--budget-s) spent before this run"))
             logger.info("e2e %-16s skipped: time budget spent", name)
             continue
-        row = dict(run=name, steps=steps, calls=2 * steps, latent=list(latent), layers=cfg["num_layers"])
+        row = dict(run=name, steps=steps, calls=2 * steps, latent=list(x0.shape[2:]), layers=model.config.num_layers)
         try:
             vidaccel.apply(model, *configs)
             try:
