@@ -20,6 +20,16 @@ WAN13_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head
 # latent shapes of 81-frame videos (VAE 4x8x8): 21 latent frames
 WAN13_LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
 
+#: the embedded model's benchmark prompts (its shapes grammar: colour, shape, motion, background)
+EMBEDDED_PROMPTS = [
+    "a red circle moving right on a black background",
+    "a blue square moving up on a gray background",
+    "a yellow triangle moving left on a navy background",
+    "a white circle moving down on a black background",
+    "a green square moving right on a navy background",
+    "a red triangle moving up on a gray background",
+]
+
 
 def machine() -> dict:
     info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),

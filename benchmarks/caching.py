@@ -33,14 +33,10 @@ import vidaccel
 from vidaccel import CacheConfig
 from vidaccel.bench import BenchConfig, bench_configs_from_names, pareto_front, run_benchmark
 
-PROMPTS = [
-    "a red circle moving right on a black background",
-    "a blue square moving up on a gray background",
-    "a yellow triangle moving left on a navy background",
-    "a white circle moving down on a black background",
-    "a green square moving right on a navy background",
-    "a red triangle moving up on a gray background",
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EMBEDDED_PROMPTS  # noqa: E402
+
+PROMPTS = EMBEDDED_PROMPTS
 
 
 def vidaccel_configs(quick: bool) -> list[BenchConfig]:

@@ -35,17 +35,10 @@ from vidaccel.eval import shapes_score
 from vidaccel.metrics import psnr, ssim
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (add_record_options, describe_machine, in_results, machine,  # noqa: E402
+from _common import (EMBEDDED_PROMPTS, add_record_options, describe_machine, in_results, machine,  # noqa: E402
                      print_table, run_date)
 
-PROMPTS = [
-    "a red circle moving right on a black background",
-    "a blue square moving up on a gray background",
-    "a yellow triangle moving left on a navy background",
-    "a white circle moving down on a black background",
-    "a green square moving right on a navy background",
-    "a red triangle moving up on a gray background",
-]
+PROMPTS = EMBEDDED_PROMPTS
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -32,16 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import add_record_options, describe_machine, machine, run_date  # noqa: E402
+from _common import EMBEDDED_PROMPTS, add_record_options, describe_machine, machine, run_date  # noqa: E402
 
-TUNE_PROMPTS = [
-    "a red circle moving right on a black background",
-    "a blue square moving up on a gray background",
-    "a yellow triangle moving left on a navy background",
-    "a white circle moving down on a black background",
-    "a green square moving right on a navy background",
-    "a red triangle moving up on a gray background",
-]
+TUNE_PROMPTS = EMBEDDED_PROMPTS
 EVAL_PROMPTS = [
     "a green circle moving left on a gray background",
     "a white square moving right on a navy background",
