@@ -351,3 +351,17 @@ def test_validation_falls_back_to_candidates_that_met_the_budget_below_the_top_r
     chosen = s.validate()
     assert chosen is not None
     assert s.budget.met(s.metrics(chosen, s.holdout_cells()))
+
+
+def test_broad_options_a_pessimistic_first_bracket_left_out_are_measured_later(monkeypatch):
+    """A cost estimate 10x too high trims the first bracket; the broad options it left out come back in the
+    next brackets instead of staying registered and never measured."""
+    clock = [0.0]
+    monkeypatch.setattr(search_module.time, "perf_counter", lambda: clock[0])
+    runner = FakeRunner(clock=clock)
+    s = make_search(TuneState(setup={}, costs={"8": [15.0, 1.0]}), runner, time_limit=200.0)
+    s.run()
+    assert len(runner.calls[0][0]) < len(s.space.broad())  # the first bracket was trimmed
+    unmeasured = [s.candidate(c).label for c in s.ids() if not s._measured(c, 0)]
+    assert unmeasured == []
+    assert clock[0] < 200.0 + 15

@@ -155,6 +155,10 @@ class Search:
     def metrics(self, cid: str, cells: Sequence[Cell]) -> dict | None:
         return self.measurements.metrics(cid, cells)
 
+    def _measured(self, cid: str, rung: int) -> bool:
+        m = self.metrics(cid, self.cells(rung))
+        return m is not None and m["complete"]
+
     def margin(self, m: dict | None) -> float:
         return -math.inf if m is None else self.budget.margin(m)
 
@@ -405,11 +409,9 @@ class Search:
             self._carry = [cid for cid in self._feasible_below(rung) if cid not in ids and cid not in carried]
             ids += self._carry
         for option in self.space.broad():  # broad options a time- or size-limited first bracket left out
-            cand = Candidate.shared(roles, [option], origin="broad")
-            if cand.key not in self._by_key:
-                cid = self.register(cand)
-                if cid and not self.error(cid):
-                    ids.append(cid)
+            cid = self.register(Candidate.shared(roles, [option], origin="broad"))
+            if cid and cid not in ids and not self.error(cid) and not self._measured(cid, 0):
+                ids.append(cid)
         return ids
 
     def _feasible_below(self, top: int, faster_than: float | None = None) -> list[str]:
