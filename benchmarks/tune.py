@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -129,6 +128,7 @@ def main() -> None:
 
     import vidaccel
     from vidaccel.bench import BenchConfig, bench_configs_from_names, run_benchmark
+    from vidaccel.bench.report import json_safe
 
     results = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     folder = os.path.join(results, args.name)
@@ -174,17 +174,8 @@ def main() -> None:
         "verdict": goal, "rows": report.rows,
     }
 
-    def clean(obj):
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return str(obj)
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [clean(v) for v in obj]
-        return obj
-
     with open(os.path.join(results, f"{args.name}.json"), "w") as f:
-        json.dump(clean(doc), f, indent=2, default=str)
+        json.dump(json_safe(doc), f, indent=2, default=str)
     tuned = tuned_doc.get("measured") or {}
     lines = [
         f"# vidaccel tune vs presets and peers ({args.name})", "",

@@ -9,7 +9,19 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-__all__ = ["BenchReport", "pareto_front", "mean_psnr"]
+__all__ = ["BenchReport", "pareto_front", "mean_psnr", "json_safe"]
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float written as ``"nan"`` / ``"inf"`` / ``"-inf"`` (strict JSON has none),
+    through dicts, lists and tuples."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -58,17 +70,8 @@ class BenchReport:
     def save(self, out_dir: str) -> None:
         os.makedirs(out_dir, exist_ok=True)
 
-        def clean(obj):
-            if isinstance(obj, float) and not math.isfinite(obj):
-                return str(obj)
-            if isinstance(obj, dict):
-                return {k: clean(v) for k, v in obj.items()}
-            if isinstance(obj, list):
-                return [clean(v) for v in obj]
-            return obj
-
         with open(os.path.join(out_dir, "bench.json"), "w") as f:
-            json.dump(clean(asdict(self)), f, indent=2, default=str)
+            json.dump(json_safe(asdict(self)), f, indent=2, default=str)
         with open(os.path.join(out_dir, "bench.md"), "w") as f:
             f.write(self.markdown() + "\n")
         self.plot(os.path.join(out_dir, "bench.png"))

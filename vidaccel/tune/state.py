@@ -13,20 +13,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from ..bench.report import json_safe
+
 __all__ = ["TuneState", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "vidaccel-tune-state"
 STATE_VERSION = 1
-
-
-def _encode(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: _encode(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_encode(v) for v in obj]
-    return obj
 
 
 @dataclass
@@ -42,7 +34,7 @@ class TuneState:
     finished: bool = False
 
     def save(self, path: str) -> None:
-        doc = {"format": STATE_FORMAT, "version": STATE_VERSION, **_encode(asdict(self))}
+        doc = {"format": STATE_FORMAT, "version": STATE_VERSION, **json_safe(asdict(self))}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -71,7 +63,7 @@ class TuneState:
 
     def check_setup(self, setup: dict, path: str) -> None:
         """``ValueError`` naming the fields where ``setup`` differs from the state's (resuming needs the same)."""
-        ours, theirs = _encode(self.setup), _encode(setup)
+        ours, theirs = json_safe(self.setup), json_safe(setup)
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         if diff:
             details = "; ".join(f"{k}: state has {ours.get(k)!r}, now {theirs.get(k)!r}" for k in diff)
