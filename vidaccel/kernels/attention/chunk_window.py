@@ -21,13 +21,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .layout import tile_plan
+from .layout import gathered_unit_attention, tile_plan
 from .naive import attention_naive, sliding_tile_mask, window_in_tiles, window_starts
 
 __all__ = ["chunk_window_attention", "chunk_window_attention_naive", "chunk_window_density", "BACKENDS"]
 
 BACKENDS = ("auto", "gather", "torch")
-_GATHER_BUDGET = 1 << 25
 
 
 def _check(q, k, v, grid, tile, num_global):
@@ -107,17 +106,7 @@ def _gather(q, k, v, grid, window, tile, num_global):
     q_src = (plan.src[first * P:] - (Lk - Lq)).clamp(min=0)  # padding positions: any row, dropped below
     ql = q.transpose(1, 2).index_select(2, q_src).view(B, H, n_q, P, D)
     rows = plan.table[first:, : plan.video_count].long()
-    S = plan.video_count * P
-    valid = plan.key_valid.view(plan.n_units, P)
-    step = max(1, _GATHER_BUDGET // max(1, B * H * S * D))
-    out = torch.empty(B, H, n_q, P, D, dtype=q.dtype, device=q.device)
-    for c0 in range(0, n_q, step):
-        r = rows[c0:c0 + step]
-        c = r.shape[0]
-        kk = kl[:, :, r].reshape(B, H * c, S, D)
-        vv = vl[:, :, r].reshape(B, H * c, S, D)
-        qq = ql[:, :, c0:c0 + c].reshape(B, H * c, P, D)
-        mask = valid[r].reshape(1, c, 1, S).expand(H, c, 1, S).reshape(1, H * c, 1, S) if plan.has_padding else None
-        out[:, :, c0:c0 + c] = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).view(B, H, c, P, D)
+    valid = plan.key_valid.view(plan.n_units, P) if plan.has_padding else None
+    out = gathered_unit_attention(ql, kl, vl, rows, valid)
     back = plan.dst[Lk - Lq:] - first * P
     return out.view(B, H, n_q * P, D).index_select(2, back).transpose(1, 2)

@@ -185,3 +185,30 @@ def default_tile(grid, num_text_tokens: int = 0) -> tuple[int, int, int]:
     (e.g. Wan 480p ``(21, 30, 52)`` → ``(7, 6, 6)``, +5.5 % positions instead of +31 % at STA's 4×8×8); grids too
     small for 128-token tiles get :data:`DEFAULT_TILE` clipped to the grid."""
     return best_tile(tuple(int(g) for g in grid), int(num_text_tokens))
+
+
+#: elements of gathered keys per SDPA call when attention runs unit by unit over gathered key units
+GATHER_BUDGET = 1 << 25
+
+
+def gathered_unit_attention(ql: torch.Tensor, kl: torch.Tensor, vl: torch.Tensor, rows: torch.Tensor,
+                            valid: torch.Tensor | None) -> torch.Tensor:
+    """Each query unit against its own key units, gathered: ``ql [B, H, n, P, D]`` query units, ``kl`` / ``vl
+    [B, H, units, P, D]`` key / value units, ``rows [n, count]`` the key units of each query unit, ``valid
+    [units, P]`` the real (non-padding) key positions or ``None``; SDPA over ``count × P`` keys per unit, in
+    chunks of about :data:`GATHER_BUDGET` gathered elements. Returns ``[B, H, n, P, D]``."""
+    import torch.nn.functional as F
+
+    B, H, n, P, D = ql.shape
+    S = rows.shape[1] * P
+    step = max(1, GATHER_BUDGET // max(1, B * H * S * D))
+    out = torch.empty(B, H, n, P, D, dtype=ql.dtype, device=ql.device)
+    for c0 in range(0, n, step):
+        r = rows[c0:c0 + step]
+        c = r.shape[0]
+        kk = kl[:, :, r].reshape(B, H * c, S, D)
+        vv = vl[:, :, r].reshape(B, H * c, S, D)
+        qq = ql[:, :, c0:c0 + c].reshape(B, H * c, P, D)
+        mask = None if valid is None else valid[r].reshape(1, c, 1, S).expand(H, c, 1, S).reshape(1, H * c, 1, S)
+        out[:, :, c0:c0 + c] = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).view(B, H, c, P, D)
+    return out

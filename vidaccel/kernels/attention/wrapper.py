@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import backend_names
 from .._backend import triton_available
-from .layout import CUDA_ALIGN, DEFAULT_TILE, TilePlan, default_tile, tile_plan
+from .layout import CUDA_ALIGN, DEFAULT_TILE, TilePlan, default_tile, gathered_unit_attention, tile_plan
 from .naive import (attention_lse_masked_naive, attention_lse_naive, sliding_tile_mask, sliding_tile_mask_at,
                     window_factors)
 
@@ -30,7 +30,6 @@ __all__ = ["BACKENDS", "DEFAULT_TILE", "default_tile", "dense_backend", "resolve
 
 BACKENDS = backend_names.ATTENTION
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_GATHER_BUDGET = 1 << 25  # elements of gathered keys per SDPA call in the gather backend
 #: Compile flex_attention on CPU too (a first call per shape compiles for ~20 s; benchmarks set this).
 FLEX_COMPILE_ON_CPU = False
 
@@ -228,18 +227,9 @@ def _gather_sparse(q, k, v, plan: TilePlan):
     ql, kl, vl = (x.transpose(1, 2).index_select(2, plan.src).view(B, H, plan.n_units, P, D) for x in (q, k, v))
     ql = ql[:, :, nt:]
     rows = plan.table[nt:, : plan.video_count].long()  # [nv, count] key units of each video unit
-    nv, S = rows.shape[0], plan.video_count * P
-    valid = plan.key_valid.view(plan.n_units, P)
-    chunk = max(1, _GATHER_BUDGET // max(1, B * H * S * D))
-    video = torch.empty(B, H, nv, P, D, dtype=q.dtype, device=q.device)
-    for c0 in range(0, nv, chunk):
-        r = rows[c0 : c0 + chunk]
-        c = r.shape[0]
-        kk = kl[:, :, r].reshape(B, H * c, S, D)
-        vv = vl[:, :, r].reshape(B, H * c, S, D)
-        qq = ql[:, :, c0 : c0 + c].reshape(B, H * c, P, D)
-        mask = valid[r].reshape(1, c, 1, S).expand(H, c, 1, S).reshape(1, H * c, 1, S) if plan.has_padding else None
-        video[:, :, c0 : c0 + c] = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).view(B, H, c, P, D)
+    nv = rows.shape[0]
+    valid = plan.key_valid.view(plan.n_units, P) if plan.has_padding else None
+    video = gathered_unit_attention(ql, kl, vl, rows, valid)
     video = video.view(B, H, nv * P, D).index_select(2, plan.dst[ntext:] - nt * P)
     out[:, ntext:] = video.transpose(1, 2)
     return out
