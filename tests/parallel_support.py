@@ -10,6 +10,11 @@
   on 2 cores; a forked one starts at once with everything the test process imported), joins a gloo group
   with a short timeout in each, runs ``fn(rank, world, *args)`` and returns the ranks' results, failing the
   test on an exception, a dead rank or the overall deadline.
+
+  The rendezvous store lives in the test process, as torchrun's agent hosts it
+  (``TORCHELASTIC_USE_AGENT_STORE``): with rank 0 hosting it, a rank 0 that finished first took the store down
+  while a slower rank was still reading a ``new_group`` rendezvous from it (``DistNetworkError: Connection
+  reset by peer`` on a loaded machine).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 import sys
 import time
 import traceback
@@ -25,7 +29,7 @@ import traceback
 import pytest
 import torch
 
-__all__ = ["cpu_device_count_shim", "run_distributed", "free_port", "GLOO_TIMEOUT_S"]
+__all__ = ["GLOO_TIMEOUT_S", "cpu_device_count_shim", "run_distributed"]
 
 #: gloo collective timeout inside the forked ranks: a rank waiting on a missing peer fails after this.
 GLOO_TIMEOUT_S = 20.0
@@ -43,12 +47,6 @@ def cpu_device_count_shim():
         yield
     finally:
         torch.accelerator.device_count = original
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _plain(value):
@@ -71,7 +69,8 @@ def _child(rank, world, port, fn, args, queue, init_group, log_path):
         os.dup2(fd, 2)
         sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     try:
         if init_group:
@@ -98,9 +97,14 @@ def run_distributed(fn, *args, world: int = 2, timeout: float = 120.0, init_grou
     """
     import multiprocessing as mp
 
+    import torch.distributed as dist
+
     ctx = mp.get_context("fork")
     queue = ctx.SimpleQueue()
-    port = free_port()
+    # port 0: the OS picks a free one, no window in which another process can take it
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
+    port = store.port
     procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue, init_group, log_path), daemon=True)
              for r in range(world)]
     for p in procs:
@@ -111,21 +115,20 @@ def run_distributed(fn, *args, world: int = 2, timeout: float = 120.0, init_grou
         while len(results) < world:
             if not queue.empty():
                 rank, status, payload = queue.get()
-                if status == "error" and not expect_failure:
-                    pytest.fail(f"rank {rank} raised:\n{payload}")
                 results[rank] = (status, payload)
+                if status == "error" and not expect_failure:
+                    # the other ranks' outcomes too (a peer's failure is often the cause), briefly
+                    deadline = min(deadline, time.monotonic() + 5.0)
                 continue
             dead = [i for i, p in enumerate(procs) if p.exitcode is not None and i not in results]
             if dead and queue.empty():
                 time.sleep(0.2)  # a result may still be in flight
                 if queue.empty():
-                    if not expect_failure:
-                        pytest.fail(f"rank(s) {dead} died: exit codes {[procs[i].exitcode for i in dead]}")
                     for i in dead:
                         results[i] = ("died", procs[i].exitcode)
                 continue
             if time.monotonic() > deadline:
-                pytest.fail(f"distributed test timed out after {timeout}s; finished ranks {sorted(results)}")
+                break
             time.sleep(0.01)
     finally:
         for p in procs:
@@ -133,6 +136,15 @@ def run_distributed(fn, *args, world: int = 2, timeout: float = 120.0, init_grou
             if p.is_alive():
                 p.kill()
                 p.join()
+        del store  # the rendezvous server, once no rank can still read from it
+    failed = {} if expect_failure else {r: v for r, v in results.items() if v[0] != "ok"}
+    missing = sorted(set(range(world)) - set(results))
+    if failed or missing:
+        lines = [f"rank {r} raised:\n{payload}" if status == "error" else f"rank {r} died: exit code {payload}"
+                 for r, (status, payload) in sorted(failed.items())]
+        if missing:
+            lines.append(f"rank(s) {missing} did not finish within {timeout}s (or 5 s after a peer failed)")
+        pytest.fail("\n".join(lines))
     if expect_failure:
         return results
     return [results[r][1] for r in range(world)]
