@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -206,6 +207,9 @@ def test_warns_when_nothing_is_skipped(caplog):
     (dict(policy="call", compute_front=1), "compute_front"),
     (dict(policy="call", compute_back=2), "compute_back"),
     (dict(policy="call", forecast_order=1, warmup_steps=2), "warmup_steps"),
+    (dict(policy="call", interval_growth=-1), "interval_growth"),
+    (dict(policy="call", interval_growth=math.nan), "interval_growth"),
+    (dict(policy="block", interval_growth=1), "interval_growth"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"CacheConfig.{field}"):
@@ -377,3 +381,31 @@ def test_call_policy_picks_each_gap_from_the_measured_error_rate():
             assert gaps[step] == expected, (step, rate, gaps)
             checked += 1
     assert checked >= 3 and len(set(gaps.values())) > 1, gaps  # the gap really adapts
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(interval=2, warmup_steps=2, interval_growth=2), [0, 1, 3, 7, 13, 21]),
+    (dict(interval=3, warmup_steps=3, interval_growth=1.5), [0, 1, 2, 5, 10, 16, 24]),  # gaps 3, 4.5 -> 5, 6, 7.5 -> 8
+    (dict(interval=5, warmup_steps=3), [0, 1, 2, 7, 12, 17, 22]),  # no growth: every 5th
+])
+def test_call_schedule_gaps_grow_after_the_warmup(kwargs, expected):
+    pipe = make_pipeline("wan21")
+    base = run_pipe(pipe, num_inference_steps=25)
+    vidaccel.apply(pipe, CacheConfig(threshold=math.inf, policy="call", final_steps=0, **kwargs))
+    out = run_pipe(pipe, num_inference_steps=25)
+    for context in ("cond", "uncond"):
+        computed = [s["step"] for s in cache_stats(pipe)["per_step"] if s["computed"] and s["context"] == context]
+        assert computed == expected, (context, computed)
+    assert np.isfinite(out).all() and not np.array_equal(out, base)
+    vidaccel.remove(pipe)
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=25), base)
+
+
+def test_adaptive_call_gaps_are_capped_by_the_grown_interval():
+    """With a threshold no skip stays under, growth does not skip: the cap grows, the measured error decides."""
+    pipe = make_pipeline("wan21")
+    base = run_pipe(pipe, num_inference_steps=12)
+    vidaccel.apply(pipe, CacheConfig(threshold=1e-12, policy="call", interval=2, warmup_steps=2, interval_growth=3))
+    np.testing.assert_array_equal(run_pipe(pipe, num_inference_steps=12), base)
+    assert cache_stats(pipe)["skipped_calls"] == 0
+    vidaccel.remove(pipe)

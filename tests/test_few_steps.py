@@ -57,6 +57,14 @@ def test_fast_preset_schedule_per_run_length(total, expected):
     assert (run.note is None) == (total in (25, None))
 
 
+def test_interval_growth_scales_with_the_run_length():
+    cfg = CacheConfig(threshold=math.inf, policy="call", interval=2, warmup_steps=2, final_steps=0,
+                      interval_growth=2, tuned_steps=25)
+    assert run_settings(cfg, 25).interval_growth == 2 and run_settings(cfg, 25).note is None
+    short = run_settings(cfg, 10)
+    assert short.interval_growth == pytest.approx(0.8) and "interval_growth 2 -> 0.8" in short.note
+
+
 def test_user_config_with_too_long_warmup_degrades_instead_of_raising(caplog):
     pipe = make_pipeline("wan21")
     vidaccel.apply(pipe, CacheConfig(threshold=0.5, policy="block", warmup_steps=6, max_consecutive_skips=1))

@@ -72,6 +72,7 @@ SPECS = {
         "cache_ratio": lambda v: is_num(v, 0, 1, lo_open=True),
         "cfg_interval": lambda v: is_int(v, 0) and v != 1,
         "interval": lambda v: is_int(v, 1),
+        "interval_growth": lambda v: is_num(v, 0),
         "num_inference_steps": lambda v: v is None or is_int(v, 1),
         "tuned_steps": lambda v: v is None or is_int(v, 1),
     }),

@@ -299,6 +299,23 @@ def test_space_neighbours_stay_on_the_grid_and_round_trip_through_json():
     assert Cell("search", 0, 0, 8) < Cell("search", 1, 0, 8)
 
 
+def test_growing_call_schedules_scale_their_growth_with_the_step_count():
+    import dataclasses
+
+    for steps, growths in ((8, (0.5, 1.0)), (25, (1.0, 2.0, 3.0)), (50, (2.0, 4.0, 6.0))):
+        space = SearchSpace(dataclasses.replace(CTX, steps=steps), ["cache"])
+        assert space.kinds[("cache", "call-growing")].axes["growth"] == growths
+    space = SearchSpace(dataclasses.replace(CTX, steps=25), ["cache"])
+    opt = space.option("cache", "call-growing", {"interval": 2, "warmup": 2, "growth": 2.0})
+    assert opt.label == "cache call/2 grow 2 w2"
+    assert (opt.config.policy, opt.config.interval, opt.config.warmup_steps, opt.config.interval_growth) == \
+        ("call", 2, 2, 2.0)
+    assert sorted(o.label for o in space.neighbours(opt)) == [
+        "cache call/2 grow 1 w2", "cache call/2 grow 2 w3", "cache call/2 grow 3 w2", "cache call/3 grow 2 w2"]
+    assert space.option_from_json(json.loads(json.dumps(opt.to_json()))) == opt
+    assert {"cache call/2 grow 2 w3", "cache call/3 grow 1 w3"} <= {o.label for o in space.broad()}
+
+
 def test_default_rungs_grow_prompts_then_repeats():
     from vidaccel.tune.search import Rung
 
@@ -359,9 +376,9 @@ def test_broad_options_a_pessimistic_first_bracket_left_out_are_measured_later(m
     clock = [0.0]
     monkeypatch.setattr(search_module.time, "perf_counter", lambda: clock[0])
     runner = FakeRunner(clock=clock)
-    s = make_search(TuneState(setup={}, costs={"8": [15.0, 1.0]}), runner, time_limit=200.0)
+    s = make_search(TuneState(setup={}, costs={"8": [15.0, 1.0]}), runner, time_limit=300.0)
     s.run()
     assert len(runner.calls[0][0]) < len(s.space.broad())  # the first bracket was trimmed
     unmeasured = [s.candidate(c).label for c in s.ids() if not s._measured(c, 0)]
     assert unmeasured == []
-    assert clock[0] < 200.0 + 15
+    assert clock[0] < 300.0 + 15

@@ -9,7 +9,8 @@ The grids are sized from the pipeline call (steps, token grid, layer count, CFG 
 family's name:
 
 * caching — ``"call"``: every ``interval``-th call after ``warmup`` calls, ``final`` last steps computed;
-  ``"call-adaptive"``: gaps chosen from the measured output error (``threshold``), up to ``interval``;
+  ``"call-growing"``: the same with gaps that start at ``interval`` and grow by ``growth`` after each computed
+  call (``CacheConfig.interval_growth``; the growths scale with the step count); ``"call-adaptive"``: gaps chosen from the measured output error (``threshold``), up to ``interval``;
   ``"block"`` / ``"step"``: first-block and step-level indicators with a threshold (Taylor forecast on or off);
   ``"block-cfg"`` (sequential CFG with guidance only): the unconditional branch refreshed every ``cfg`` calls;
 * sliding window — window ``(t, h, w)`` as fractions of the token grid, dense first steps, dense layers;
@@ -175,12 +176,21 @@ class SearchSpace:
     def _cache(self) -> list[_Kind]:
         calls = self.ctx.steps * (2 if self.ctx.sequential_cfg else 1)  # transformer calls of one run
         intervals = tuple(i for i in (2, 3, 4, 5, 6, 7, 8) if i <= max(2, calls // 2))
+        # gap growth per computed call: 1, 2, 3 steps at 25 steps, in proportion to the run length (halves)
+        growths = tuple(sorted({max(0.5, round(g * self.ctx.steps / 25 * 2) / 2) for g in (1, 2, 3)}))
         kinds = [
             _Kind("cache", "call", {"interval": intervals, "warmup": (2, 3, 4), "final": (0, 1)},
                   lambda p: CacheConfig(threshold=math.inf, policy="call", interval=p["interval"],
                                         warmup_steps=p["warmup"], final_steps=p["final"]),
                   lambda p: f"cache call/{p['interval']} w{p['warmup']} f{p['final']}",
                   [{"interval": i, "warmup": 3, "final": 0} for i in intervals]),
+            _Kind("cache", "call-growing", {"interval": tuple(i for i in (2, 3, 4) if i in intervals),
+                                            "warmup": (2, 3, 4), "growth": growths},
+                  lambda p: CacheConfig(threshold=math.inf, policy="call", interval=p["interval"],
+                                        warmup_steps=p["warmup"], final_steps=0, interval_growth=p["growth"]),
+                  lambda p: f"cache call/{p['interval']} grow {_g(p['growth'])} w{p['warmup']}",
+                  [{"interval": 2, "warmup": 3, "growth": growths[len(growths) // 2]},
+                   {"interval": 3, "warmup": 3, "growth": growths[0]}]),
             _Kind("cache", "call-adaptive", {"threshold": (0.02, 0.03, 0.05, 0.08, 0.12, 0.2), "interval": (4, 6, 8)},
                   lambda p: CacheConfig(threshold=p["threshold"], policy="call", interval=p["interval"],
                                         warmup_steps=3, final_steps=0),

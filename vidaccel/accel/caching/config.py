@@ -37,6 +37,12 @@ class CacheConfig:
             branch's residual plus the last measured difference. ``"block"`` and ``"step"`` only.
         interval: ``"call"`` only: the longest gap between computed calls, i.e. at most ``interval − 1``
             skipped calls in a row (≥ 1; 1 never skips).
+        interval_growth: ``"call"`` only: the longest gap grows by this many calls after each computed call
+            past the warm-up (the ``k``-th gap after it is at most ``interval + k · interval_growth``, rounded
+            half up): short gaps while the video takes shape, long ones once it only sharpens. ``0`` (default)
+            keeps every gap at ``interval``. On the embedded model, 6 computed steps of 25 with growing gaps
+            (``interval=2, warmup_steps=2, interval_growth=2``: steps 0, 1, 3, 7, 13, 21) kept 30.4 dB where 7
+            evenly spaced ones (the ``fast`` preset) kept 28.5 dB.
         num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
             final-step guard knows where the end is.
         tuned_steps: the run length the schedule was chosen for (the presets: 25 steps). A shorter run scales
@@ -58,6 +64,7 @@ class CacheConfig:
     cache_ratio: float = 0.5
     cfg_interval: int = 0
     interval: int = 4
+    interval_growth: float = 0.0
     num_inference_steps: int | None = None
     tuned_steps: int | None = None
 
@@ -74,6 +81,11 @@ class CacheConfig:
         for name in ("compute_back", "warmup_steps", "final_steps"):
             setattr(self, name, check_int(o, name, getattr(self, name), lo=0))
         self.interval = check_int(o, "interval", self.interval, lo=1)
+        growth = self.interval_growth
+        self.interval_growth = check_number(o, "interval_growth", growth, lo=0)
+        if self.interval_growth and self.policy != "call":
+            raise bad_value(o, "interval_growth", growth, f"with policy={self.policy!r}: it grows the gaps of "
+                                                          "policy='call'; leave it at 0")
         self.max_consecutive_skips = check_int(o, "max_consecutive_skips", self.max_consecutive_skips, lo=1)
         self.cache_ratio = check_number(o, "cache_ratio", self.cache_ratio, lo=0, hi=1, lo_open=True)
         self.cfg_interval = check_int(o, "cfg_interval", self.cfg_interval, lo=0)
@@ -115,6 +127,7 @@ class RunSettings:
     warmup_steps: int
     interval: int
     off: bool
+    interval_growth: float
     note: str | None  # why they differ from the config's, or None
 
 
@@ -122,32 +135,34 @@ def run_settings(config: CacheConfig, total_steps: int | None) -> RunSettings:
     """Warm-up and interval for a run of ``total_steps`` denoising steps.
 
     * ``total_steps < tuned_steps``: both scale by ``total_steps / tuned_steps`` (warm-up at least the policy's
-      minimum, an interval above 1 at least 2);
+      minimum, an interval above 1 at least 2), and so does ``interval_growth``;
     * warm-up leaving no call to skip (``warmup_steps >= total_steps - final_steps``): the policy's minimum;
     * still nothing to skip: caching is off for the run (bit-identical to no cache).
     """
-    warmup, interval = config.warmup_steps, config.interval
+    warmup, interval, growth = config.warmup_steps, config.interval, config.interval_growth
     if total_steps is None or config.threshold <= 0:
-        return RunSettings(warmup, interval, False, None)
+        return RunSettings(warmup, interval, False, growth, None)
     notes = []
     if config.tuned_steps is not None and total_steps < config.tuned_steps:
         ratio = total_steps / config.tuned_steps
         warmup = max(config.min_warmup, min(warmup, round(warmup * ratio)))
         interval = interval if interval <= 1 else max(2, min(interval, round(interval * ratio)))
+        growth = growth * ratio
         notes.append(f"tuned for {config.tuned_steps} steps")
     available = total_steps - config.final_steps
     if warmup >= available:
         warmup = config.min_warmup
         notes.append(f"warmup_steps={config.warmup_steps} leaves no step to skip")
     if warmup >= available:
-        return RunSettings(warmup, interval, True,
+        return RunSettings(warmup, interval, True, growth,
                            f"caching is off for this {total_steps}-step run ({'; '.join(notes)}; the policy needs "
                            f"{config.min_warmup} warm-up calls + final_steps={config.final_steps})")
-    if (warmup, interval) == (config.warmup_steps, config.interval):
-        return RunSettings(warmup, interval, False, None)
-    changed = [f"{name} {old} -> {new}" for name, old, new in (("warmup_steps", config.warmup_steps, warmup),
-                                                                 ("interval", config.interval, interval)) if old != new]
-    return RunSettings(warmup, interval, False,
+    if (warmup, interval, growth) == (config.warmup_steps, config.interval, config.interval_growth):
+        return RunSettings(warmup, interval, False, growth, None)
+    changed = [f"{name} {old:g} -> {new:g}" for name, old, new in (
+        ("warmup_steps", config.warmup_steps, warmup), ("interval", config.interval, interval),
+        ("interval_growth", config.interval_growth, growth)) if old != new]
+    return RunSettings(warmup, interval, False, growth,
                        f"for this {total_steps}-step run {', '.join(changed)} ({'; '.join(notes)})")
 
 

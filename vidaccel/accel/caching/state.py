@@ -72,6 +72,7 @@ class BranchState:
         self.cached_blocks: set[int] | None = None
         self.cfg_since = 0                      # uncond calls since the last full one
         self.gap = 1                            # "call": calls from the last computed one to the next
+        self.computed_calls = 0                 # "call": computed calls of this run (interval_growth)
         self.output_type: Any = tuple           # "call": how the transformer returns its output
 
     def forget_tensors(self) -> None:

@@ -328,6 +328,7 @@ class CacheTechnique(Technique):
         sample = (output[0] if isinstance(output, tuple) else output.sample).detach()
         state.output_type = tuple if isinstance(output, tuple) else type(output)
         self._count_all(computed=True)
+        state.computed_calls += 1
         if len(state.stack.items) > cfg.forecast_order and same_shapes(state.stack.items[-1][1], (sample,)):
             k = state.step - state.stack.items[-1][0]
             state.indicator = rel_l1(state.stack.predict(state.step), (sample,), self._group())
@@ -337,9 +338,12 @@ class CacheTechnique(Technique):
         state.stack.push(state.step, (sample,))
 
     def _next_gap(self, rate: float, power: int, state: BranchState) -> int:
-        """Largest gap ``g <= interval`` (and no further than the run's last step) with ``rate * (g+1)^power``
-        within the threshold; at least 1."""
+        """Largest gap ``g <= interval`` (grown by ``interval_growth`` per computed call past the warm-up; no
+        further than the run's last step) with ``rate * (g+1)^power`` within the threshold; at least 1."""
         limit = self.run.interval
+        if self.run.interval_growth:
+            grown = max(0, state.computed_calls - self.run.warmup_steps)
+            limit = math.floor(limit + self.run.interval_growth * grown + 0.5)
         if state.total_steps:
             limit = max(1, min(limit, state.total_steps - state.step))
         if limit <= 1024:
