@@ -240,12 +240,15 @@ def record_figures(doc: dict, extra_notes: list[str] = ()) -> None:
         notes.append("A shortened run (fewer steps, prompts, rounds or minutes than `python benchmarks/tune.py`): it "
                      "shows that the command runs end to end, not how the tuned configuration compares.")
     notes += list(extra_notes)
+    figures = {key: f"{r['name']} {r['speedup']:.2f}× at {r['psnr']:.1f} dB"
+               for key, r in (("tuned", goal["tuned"]), ("best_preset", goal["best_preset_meeting_budget"]))
+               if r is not None}
     record("tune", title="vidaccel tune against the presets and peers", command=doc["command"],
            machine=describe_machine(doc["machine"]), date=run_date(doc["machine"]),
            model=f"embedded shapes-t2v, {kw.get('num_inference_steps')} steps, {kw.get('num_frames')} frames "
                  f"{kw.get('width')}×{kw.get('height')}",
            columns=["config", "kind", "denoise s", "speed-up (denoise)", "speed-up (e2e)", "PSNR dB", "SSIM",
-                    "adherence"], rows=rows, notes=notes)
+                    "adherence"], rows=rows, notes=notes, figures=figures)
 
 
 def _brief(m):
