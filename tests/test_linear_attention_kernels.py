@@ -69,9 +69,8 @@ STATE_ACC_ERR = 2.0**-20
 
 def _bf_ulp(x: torch.Tensor, dot: torch.dtype) -> torch.Tensor:
     """One unit in the last place of ``x`` in ``dot`` (bf16 / fp16), elementwise, in float64."""
-    mant = 7 if dot == torch.bfloat16 else 10
-    exp = torch.floor(torch.log2(x.abs().clamp_min(torch.finfo(dot).tiny)))
-    return torch.exp2(exp - mant)
+    finfo = torch.finfo(dot)
+    return finfo.eps * torch.exp2(torch.floor(torch.log2(x.abs().clamp_min(finfo.tiny))))
 
 
 def emulate16(qn, kn, v, qd=None, kd=None, *, causal=False, chunk=None, dot=torch.bfloat16, eps=1e-6):
