@@ -365,13 +365,11 @@ class Search:
         front = layered_front(points)[0] if points else []
         feasible = sorted((c for c in found if self.budget.met(found[c])), key=lambda c: -found[c]["speedup"])
         near = [c for c in front if c not in feasible and points[c][1] >= -max(top_slack, 1.0)]
-        # presets are fixed options without grid neighbours: the seeds to move from are the feasible others
+        # presets are fixed options without grid neighbours: the seeds to move from are the feasible others, else
+        # the lower-rung candidates that met the budget there
         movable = [c for c in feasible if self._movable(c)]
-        if not movable:  # then move from the lower-rung candidates that met the budget there
-            movable_below = [c for c in self._feasible_below(rung) if self._movable(c)]
-            seeds = movable_below[:3] + near[:2]
-        else:
-            seeds = movable[:3] + near[:2]
+        sources = movable or [c for c in self._feasible_below(rung) if self._movable(c)]
+        seeds = sources[:3] + near[:2]
         singles = self._single_best()
         roles = self.space.ctx.roles
         new: list[Candidate] = []

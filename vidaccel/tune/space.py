@@ -10,7 +10,8 @@ family's name:
 
 * caching — ``"call"``: every ``interval``-th call after ``warmup`` calls, ``final`` last steps computed;
   ``"call-growing"``: the same with gaps that start at ``interval`` and grow by ``growth`` after each computed
-  call (``CacheConfig.interval_growth``; the growths scale with the step count); ``"call-adaptive"``: gaps chosen from the measured output error (``threshold``), up to ``interval``;
+  call (``CacheConfig.interval_growth``; the growths scale with the step count); ``"call-adaptive"``: gaps
+  chosen from the measured output error (``threshold``), up to ``interval``;
   ``"block"`` / ``"step"``: first-block and step-level indicators with a threshold (Taylor forecast on or off);
   ``"block-cfg"`` (sequential CFG with guidance only): the unconditional branch refreshed every ``cfg`` calls;
 * sliding window — window ``(t, h, w)`` as fractions of the token grid, dense first steps, dense layers;
