@@ -41,8 +41,9 @@ class CacheConfig:
             past the warm-up (the ``k``-th gap after it is at most ``interval + k · interval_growth``, rounded
             half up): short gaps while the video takes shape, long ones once it only sharpens. ``0`` (default)
             keeps every gap at ``interval``. On the embedded model, 6 computed steps of 25 with growing gaps
-            (``interval=2, warmup_steps=2, interval_growth=2``: steps 0, 1, 3, 7, 13, 21) kept 30.4 dB where 7
-            evenly spaced ones (the ``fast`` preset) kept 28.5 dB.
+            (``interval=2, warmup_steps=2, interval_growth=2``: steps 0, 1, 3, 7, 13, 21) were faster and kept
+            more PSNR than the ``fast`` preset's 7 evenly spaced ones (``benchmarks/caching.py``; figures in
+            ``benchmarks/RESULTS.md``).
         num_inference_steps: only for bare transformers driven without a pipeline or cache context, so the
             final-step guard knows where the end is.
         tuned_steps: the run length the schedule was chosen for (the presets: 25 steps). A shorter run scales
